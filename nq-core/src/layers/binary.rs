@@ -1,0 +1,124 @@
+//! `BinaryLinear`: full-rank signs with row and column scales.
+
+use super::ShapeError;
+use crate::{F16Vector, SignMatrix};
+
+/// `W ≈ diag(s_row) · B · diag(s_col)` with `B ∈ {±1}^{m×n}` (1 bit per
+/// weight plus scales — the ARB-RC form), plus an optional f16 bias.
+///
+/// `y = s_row ⊙ (B · (s_col ⊙ x)) + bias`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BinaryLinear<S> {
+    signs: SignMatrix<S>,
+    s_col: F16Vector<S>,
+    s_row: F16Vector<S>,
+    bias: Option<F16Vector<S>>,
+}
+
+impl<S: AsRef<[u8]>> BinaryLinear<S> {
+    /// Assembles a layer, checking that the parts agree on `m` and `n`.
+    pub fn new(
+        signs: SignMatrix<S>,
+        s_col: F16Vector<S>,
+        s_row: F16Vector<S>,
+        bias: Option<F16Vector<S>>,
+    ) -> Result<Self, ShapeError> {
+        if s_col.len() != signs.cols() {
+            return Err(ShapeError::Mismatch {
+                what: "in_features",
+            });
+        }
+        if s_row.len() != signs.rows() {
+            return Err(ShapeError::Mismatch {
+                what: "out_features",
+            });
+        }
+        if bias.as_ref().is_some_and(|b| b.len() != signs.rows()) {
+            return Err(ShapeError::Mismatch { what: "bias" });
+        }
+        Ok(Self {
+            signs,
+            s_col,
+            s_row,
+            bias,
+        })
+    }
+
+    /// Output features `m`.
+    #[inline]
+    pub fn out_features(&self) -> usize {
+        self.signs.rows()
+    }
+
+    /// Input features `n`.
+    #[inline]
+    pub fn in_features(&self) -> usize {
+        self.signs.cols()
+    }
+
+    /// The sign matrix `B` (`m × n`).
+    pub fn signs(&self) -> &SignMatrix<S> {
+        &self.signs
+    }
+
+    /// Column (input-side) scale (`n`).
+    pub fn s_col(&self) -> &F16Vector<S> {
+        &self.s_col
+    }
+
+    /// Row (output-side) scale (`m`).
+    pub fn s_row(&self) -> &F16Vector<S> {
+        &self.s_row
+    }
+
+    /// Bias (`m`), if any.
+    pub fn bias(&self) -> Option<&F16Vector<S>> {
+        self.bias.as_ref()
+    }
+
+    /// A borrowing view.
+    pub fn as_view(&self) -> BinaryLinear<&[u8]> {
+        BinaryLinear {
+            signs: self.signs.as_view(),
+            s_col: self.s_col.as_view(),
+            s_row: self.s_row.as_view(),
+            bias: self.bias.as_ref().map(F16Vector::as_view),
+        }
+    }
+
+    /// Scalar reference forward; `scratch` holds `n` floats (`s_col ⊙ x`).
+    ///
+    /// # Panics
+    /// If `x.len() != n`, `y.len() != m` or `scratch.len() != n`.
+    pub fn forward_ref(&self, x: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+        assert_eq!(x.len(), self.in_features(), "input length");
+        assert_eq!(y.len(), self.out_features(), "output length");
+        assert_eq!(scratch.len(), self.in_features(), "scratch length");
+        for (j, (s, &xj)) in scratch.iter_mut().zip(x).enumerate() {
+            *s = self.s_col.get(j) * xj;
+        }
+        for (i, yi) in y.iter_mut().enumerate() {
+            let mut acc = 0.0f64;
+            for (j, &xs) in scratch.iter().enumerate() {
+                acc += f64::from(self.signs.sign(i, j)) * f64::from(xs);
+            }
+            let bias = self.bias.as_ref().map_or(0.0, |b| f64::from(b.get(i)));
+            *yi = (f64::from(self.s_row.get(i)) * acc + bias) as f32;
+        }
+    }
+
+    /// Writes the dense `m × n` matrix this layer represents (row-major).
+    ///
+    /// # Panics
+    /// If `out.len() != m · n`.
+    pub fn dequantize_into(&self, out: &mut [f32]) {
+        let (m, n) = (self.out_features(), self.in_features());
+        assert_eq!(out.len(), m * n, "output length");
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] =
+                    self.s_row.get(i) * f32::from(self.signs.sign(i, j)) * self.s_col.get(j);
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! `FactorizedLinear`: NanoQuant's low-rank binary layer.
+
+use super::ShapeError;
+use crate::{F16Vector, SignMatrix};
+
+/// `W ≈ diag(s_post) · U · V · diag(s_pre)` with `U ∈ {±1}^{m×r}`,
+/// `V ∈ {±1}^{r×n}` and f16 scales, plus an optional f16 bias.
+///
+/// `y = s_post ⊙ (U · (V · (s_pre ⊙ x))) + bias`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FactorizedLinear<S> {
+    u: SignMatrix<S>,
+    v: SignMatrix<S>,
+    s_pre: F16Vector<S>,
+    s_post: F16Vector<S>,
+    bias: Option<F16Vector<S>>,
+}
+
+impl<S: AsRef<[u8]>> FactorizedLinear<S> {
+    /// Assembles a layer, checking that the parts agree on `m`, `r` and `n`.
+    pub fn new(
+        u: SignMatrix<S>,
+        v: SignMatrix<S>,
+        s_pre: F16Vector<S>,
+        s_post: F16Vector<S>,
+        bias: Option<F16Vector<S>>,
+    ) -> Result<Self, ShapeError> {
+        if u.cols() != v.rows() {
+            return Err(ShapeError::Mismatch { what: "rank" });
+        }
+        if s_pre.len() != v.cols() {
+            return Err(ShapeError::Mismatch {
+                what: "in_features",
+            });
+        }
+        if s_post.len() != u.rows() {
+            return Err(ShapeError::Mismatch {
+                what: "out_features",
+            });
+        }
+        if bias.as_ref().is_some_and(|b| b.len() != u.rows()) {
+            return Err(ShapeError::Mismatch { what: "bias" });
+        }
+        Ok(Self {
+            u,
+            v,
+            s_pre,
+            s_post,
+            bias,
+        })
+    }
+
+    /// Output features `m`.
+    #[inline]
+    pub fn out_features(&self) -> usize {
+        self.u.rows()
+    }
+
+    /// Input features `n`.
+    #[inline]
+    pub fn in_features(&self) -> usize {
+        self.v.cols()
+    }
+
+    /// Inner rank `r`.
+    #[inline]
+    pub fn rank(&self) -> usize {
+        self.u.cols()
+    }
+
+    /// Left factor `U` (`m × r`).
+    pub fn u(&self) -> &SignMatrix<S> {
+        &self.u
+    }
+
+    /// Right factor `V` (`r × n`).
+    pub fn v(&self) -> &SignMatrix<S> {
+        &self.v
+    }
+
+    /// Input-side scale (`n`).
+    pub fn s_pre(&self) -> &F16Vector<S> {
+        &self.s_pre
+    }
+
+    /// Output-side scale (`m`).
+    pub fn s_post(&self) -> &F16Vector<S> {
+        &self.s_post
+    }
+
+    /// Bias (`m`), if any.
+    pub fn bias(&self) -> Option<&F16Vector<S>> {
+        self.bias.as_ref()
+    }
+
+    /// A borrowing view.
+    pub fn as_view(&self) -> FactorizedLinear<&[u8]> {
+        FactorizedLinear {
+            u: self.u.as_view(),
+            v: self.v.as_view(),
+            s_pre: self.s_pre.as_view(),
+            s_post: self.s_post.as_view(),
+            bias: self.bias.as_ref().map(F16Vector::as_view),
+        }
+    }
+
+    /// Scalar reference forward; `scratch` holds `r` floats (`V · (s_pre ⊙ x)`).
+    ///
+    /// # Panics
+    /// If `x.len() != n`, `y.len() != m` or `scratch.len() != r`.
+    pub fn forward_ref(&self, x: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+        assert_eq!(x.len(), self.in_features(), "input length");
+        assert_eq!(y.len(), self.out_features(), "output length");
+        assert_eq!(scratch.len(), self.rank(), "scratch length");
+        for (k, t) in scratch.iter_mut().enumerate() {
+            let mut acc = 0.0f64;
+            for (j, &xj) in x.iter().enumerate() {
+                let scaled = f64::from(self.s_pre.get(j)) * f64::from(xj);
+                acc += f64::from(self.v.sign(k, j)) * scaled;
+            }
+            *t = acc as f32;
+        }
+        for (i, yi) in y.iter_mut().enumerate() {
+            let mut acc = 0.0f64;
+            for (k, &t) in scratch.iter().enumerate() {
+                acc += f64::from(self.u.sign(i, k)) * f64::from(t);
+            }
+            let bias = self.bias.as_ref().map_or(0.0, |b| f64::from(b.get(i)));
+            *yi = (f64::from(self.s_post.get(i)) * acc + bias) as f32;
+        }
+    }
+
+    /// Writes the dense `m × n` matrix this layer represents (row-major).
+    ///
+    /// # Panics
+    /// If `out.len() != m · n`.
+    pub fn dequantize_into(&self, out: &mut [f32]) {
+        let (m, n, r) = (self.out_features(), self.in_features(), self.rank());
+        assert_eq!(out.len(), m * n, "output length");
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0i64;
+                for k in 0..r {
+                    acc += i64::from(self.u.sign(i, k)) * i64::from(self.v.sign(k, j));
+                }
+                out[i * n + j] = self.s_post.get(i) * acc as f32 * self.s_pre.get(j);
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! nq-core: run nanoquant models where they lie.
+//!
+//! This crate is `#![no_std]` in every configuration. It reads a `.nqb` blob
+//! in place — from flash, XIP memory or an `mmap` — without copying it and
+//! without an allocator, and hands out typed views of its layers:
+//!
+//! * [`SignMatrix`]: a packed matrix of ±1 in the blob's 16-row tile layout;
+//! * [`FactorizedLinear`]: `y = s_post ⊙ (U · (V · (s_pre ⊙ x))) + bias`;
+//! * [`BinaryLinear`]: `y = s_row ⊙ (B · (s_col ⊙ x)) + bias`;
+//! * [`DenseTensor`] and [`RowQuantTensor`] for embeddings and norms.
+//!
+//! Every layer has a scalar `*_ref` forward: the dumb, obviously right oracle
+//! every faster kernel is tested against.
+//!
+//! [`Blob::parse`] validates a blob in O(header) time and never panics on any
+//! input; [`BlobView::verify`] checks every CRC. The format is specified in
+//! `docs/FORMAT.md`.
+//!
+//! Features: `alloc` (owned, `Vec`-backed layers and builders), `std`
+//! (`alloc` plus OS-dependent parts), `defmt` (`defmt::Format` impls).
+#![no_std]
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod blob;
+pub mod f16vec;
+pub mod layers;
+pub mod sign;
+
+pub use blob::{Blob, BlobError, BlobView, ModelConfig, TensorView};
+pub use f16vec::F16Vector;
+pub use layers::{
+    BinaryLinear, DenseDtype, DenseTensor, FactorizedLinear, Linear, RowBits, RowQuantTensor,
+    ShapeError,
+};
+pub use sign::SignMatrix;
