@@ -120,7 +120,7 @@ impl fmt::Display for Report<'_> {
         )?;
         let mut tensors: Vec<_> = self.view.tensors().collect();
         // Table order is byte order (blk.10 before blk.2); print in natural order.
-        tensors.sort_by(|a, b| natural_key(a.name).cmp(&natural_key(b.name)));
+        tensors.sort_by_key(|t| natural_key(t.name));
         for t in &tensors {
             let shape = if t.ndim == 1 {
                 format!("{}", t.dims[0])

@@ -27,6 +27,8 @@ enum Command {
         #[arg(long)]
         no_verify: bool,
     },
+    /// List the CUDA devices nq-host can use (or say why there are none).
+    Devices,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect { blob, no_verify } => inspect(&blob, !no_verify),
+        Command::Devices => {
+            println!("{}", nq_cuda::probe().describe());
+            Ok(())
+        }
     }
 }
 

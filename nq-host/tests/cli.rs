@@ -1,0 +1,204 @@
+//! The `nq-host` binary as users run it: output, exit codes, error lines.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use nq_core::blob::{Arch, ModelConfig};
+use nq_core::layers::{BinaryLinear, FactorizedLinear};
+use nq_core::{F16Vector, SignMatrix};
+use nq_host::{BlobBuilder, TensorPayload};
+
+fn nq_host(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nq-host"))
+        .args(args)
+        .output()
+        .expect("run nq-host")
+}
+
+fn config() -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Llama,
+        n_layers: 1,
+        d_model: 64,
+        d_ffn: 128,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        vocab_size: 100,
+        max_seq_len: 256,
+        rope_theta: 100000.0,
+        norm_eps: 1e-5,
+        tied_embeddings: true,
+        attn_bias: false,
+        qk_norm: false,
+        bos_id: None,
+        eos_id: Some(2),
+    }
+}
+
+/// A blob with one 64×64 rank-32 factorized layer, one 128×64 binary layer,
+/// a 100×64 f16 embedding and a 64-vector.
+fn write_blob(path: &Path) -> Vec<u8> {
+    let mut b = BlobBuilder::new(config());
+    let fact = FactorizedLinear::new(
+        SignMatrix::from_fn(64, 32, |i, k| (i + k) % 2 == 0),
+        SignMatrix::from_fn(32, 64, |k, j| (k * 7 + j) % 3 == 0),
+        F16Vector::from_f32(&[0.5; 64]),
+        F16Vector::from_f32(&[0.25; 64]),
+        None,
+    )
+    .unwrap();
+    let bin = BinaryLinear::new(
+        SignMatrix::from_fn(128, 64, |i, j| (i ^ j) & 4 == 0),
+        F16Vector::from_f32(&[1.0; 64]),
+        F16Vector::from_f32(&[0.1; 128]),
+        Some(F16Vector::from_f32(&[0.0; 128])),
+    )
+    .unwrap();
+    b.add("blk.0.attn_q", TensorPayload::Factorized(fact))
+        .unwrap();
+    b.add("blk.0.ffn_up", TensorPayload::Binary(bin)).unwrap();
+    b.add(
+        "token_embd",
+        TensorPayload::matrix_f16(100, 64, &vec![0.01; 6400]),
+    )
+    .unwrap();
+    b.add("output_norm", TensorPayload::vector_f16(&[1.0; 64]))
+        .unwrap();
+    b.write_file(path).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn inspect_prints_config_tensors_and_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.nqb");
+    let bytes = write_blob(&path);
+    let out = nq_host(&["inspect", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("architecture    llama"));
+    assert!(text.contains("heads           4 (kv 2, head_dim 16)"));
+    // attn_q: U 64×32 → 4 tiles·16·4 = 256 B, V 32×64 → 2·16·8 = 256 B,
+    // s_pre 128 B at 512, s_post 128 B at 640 → 768 B = 1.5 bits/weight.
+    let q = text
+        .lines()
+        .find(|l| l.starts_with("blk.0.attn_q"))
+        .unwrap();
+    let cols: Vec<&str> = q.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        [
+            "blk.0.attn_q",
+            "factorized",
+            "sign",
+            "64x64",
+            "32",
+            "768",
+            "1.500"
+        ]
+    );
+    // ffn_up: signs 128×64 = 1024 B; s_col 128 B at 1024; s_row 256 B at
+    // 1152; bias 256 B at 1408 → 1664 B for 8192 weights = 1.625 bits/weight.
+    let up = text
+        .lines()
+        .find(|l| l.starts_with("blk.0.ffn_up"))
+        .unwrap();
+    assert!(
+        up.contains("binary+b") && up.contains("1664") && up.contains("1.625"),
+        "{up}"
+    );
+    // Decoder linears: (768 + 1664)·8 / (4096 + 8192) bits.
+    assert!(
+        text.contains("2432 bytes for 12288 weights = 1.5833 bits/weight"),
+        "{text}"
+    );
+    let total_weights = 4096 + 8192 + 6400 + 64;
+    let file_bpw = bytes.len() as f64 * 8.0 / total_weights as f64;
+    assert!(text.contains(&format!(
+        "{} bytes for {total_weights} weights = {file_bpw:.4}",
+        bytes.len()
+    )));
+    assert!(text.contains("checksums             ok"));
+}
+
+fn assert_one_line_error(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "partial output on error");
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    assert!(
+        err.starts_with("error: ") && err.contains(needle),
+        "{err:?}"
+    );
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn inspect_rejects_bad_files_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.nqb");
+    assert_one_line_error(
+        &nq_host(&["inspect", missing.to_str().unwrap()]),
+        "cannot open",
+    );
+
+    let empty = dir.path().join("empty.nqb");
+    std::fs::write(&empty, b"").unwrap();
+    assert_one_line_error(
+        &nq_host(&["inspect", empty.to_str().unwrap()]),
+        "shorter than its 64-byte header",
+    );
+
+    let good = dir.path().join("good.nqb");
+    let bytes = write_blob(&good);
+    let cut = dir.path().join("cut.nqb");
+    std::fs::write(&cut, &bytes[..bytes.len() - 1]).unwrap();
+    assert_one_line_error(&nq_host(&["inspect", cut.to_str().unwrap()]), "truncated");
+
+    // A flipped bit inside a tensor: structure is fine, the checksum is not.
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 200;
+    flipped[last] ^= 0x10;
+    let bad = dir.path().join("flipped.nqb");
+    std::fs::write(&bad, &flipped).unwrap();
+    let out = nq_host(&["inspect", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1);
+    assert!(err.contains("checksum mismatch"), "{err}");
+    // ... and --no-verify reads it without complaint.
+    assert!(nq_host(&["inspect", "--no-verify", bad.to_str().unwrap()])
+        .status
+        .success());
+}
+
+#[test]
+fn blobs_are_written_atomically_and_deterministically() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_blob(&dir.path().join("a.nqb"));
+    let b = write_blob(&dir.path().join("b.nqb"));
+    assert_eq!(a, b);
+    // No temporary files are left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    // An unwritable destination is an error, and nothing appears.
+    let err = BlobBuilder::new(config())
+        .write_file(&dir.path().join("no/such/dir/x.nqb"))
+        .unwrap_err();
+    assert!(err.to_string().starts_with("cannot write"), "{err}");
+}
+
+#[test]
+fn devices_never_panics() {
+    let out = nq_host(&["devices"]);
+    assert!(out.status.success());
+    assert!(!out.stdout.is_empty());
+}
