@@ -178,3 +178,6 @@ fn check_zero(bytes: &[u8], start: u64, end: u64) -> Result<(), BlobError> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -106,3 +106,6 @@ impl Linear<'_> {
         }
     }
 }
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests;
