@@ -6,5 +6,6 @@
 
 pub mod blob_writer;
 pub mod inspect;
+pub mod model;
 
 pub use blob_writer::{write_atomic, BlobBuilder, TensorPayload, WriteError};
