@@ -52,8 +52,15 @@ pub fn score_window(logits: &[f32], tokens: &[u32], vocab: usize) -> (f64, usize
                 }
             }
             let m = f64::from(max);
-            let lse = m + row.iter().map(|&v| (f64::from(v) - m).exp()).sum::<f64>().ln();
-            (lse - f64::from(row[next as usize]), usize::from(best == next as usize))
+            let lse = m + row
+                .iter()
+                .map(|&v| (f64::from(v) - m).exp())
+                .sum::<f64>()
+                .ln();
+            (
+                lse - f64::from(row[next as usize]),
+                usize::from(best == next as usize),
+            )
         })
         .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
@@ -68,7 +75,9 @@ pub fn evaluate(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<EvalResult, ModelError> {
     if ctx < 2 {
-        return Err(ModelError::Config("context must be at least 2 tokens".into()));
+        return Err(ModelError::Config(
+            "context must be at least 2 tokens".into(),
+        ));
     }
     let available = ids.len() / ctx;
     let n = max_windows.map_or(available, |w| w.min(available));

@@ -5,7 +5,11 @@
 #![deny(missing_docs)]
 
 pub mod blob_writer;
+pub mod eval;
+pub mod gguf;
 pub mod inspect;
+pub mod linalg;
 pub mod model;
+pub mod tokenizer;
 
 pub use blob_writer::{write_atomic, BlobBuilder, TensorPayload, WriteError};

@@ -92,23 +92,65 @@ fn product(
 }
 
 /// `c (m×n) = a (m×k) · b (n×k)ᵀ` (+= with `accumulate`).
-pub fn matmul_nt(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
-    let sa = Strides { rs: k as isize, cs: 1 };
-    let sb = Strides { rs: 1, cs: k as isize };
+pub fn matmul_nt(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
+    let sa = Strides {
+        rs: k as isize,
+        cs: 1,
+    };
+    let sb = Strides {
+        rs: 1,
+        cs: k as isize,
+    };
     product(c, a, sa, b, sb, m, n, k, accumulate, parallelism(m, n, k));
 }
 
 /// `c (m×n) = a (m×k) · b (k×n)` (+= with `accumulate`).
-pub fn matmul_nn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
-    let sa = Strides { rs: k as isize, cs: 1 };
-    let sb = Strides { rs: n as isize, cs: 1 };
+pub fn matmul_nn(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
+    let sa = Strides {
+        rs: k as isize,
+        cs: 1,
+    };
+    let sb = Strides {
+        rs: n as isize,
+        cs: 1,
+    };
     product(c, a, sa, b, sb, m, n, k, accumulate, parallelism(m, n, k));
 }
 
 /// `c (m×n) = a (k×m)ᵀ · b (k×n)` (+= with `accumulate`).
-pub fn matmul_tn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
-    let sa = Strides { rs: 1, cs: m as isize };
-    let sb = Strides { rs: n as isize, cs: 1 };
+pub fn matmul_tn(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
+    let sa = Strides {
+        rs: 1,
+        cs: m as isize,
+    };
+    let sb = Strides {
+        rs: n as isize,
+        cs: 1,
+    };
     product(c, a, sa, b, sb, m, n, k, accumulate, parallelism(m, n, k));
 }
 
@@ -131,11 +173,20 @@ pub fn matmul_strided(
     accumulate: bool,
 ) {
     if ldc == n {
-        let sa = Strides { rs: lda as isize, cs: 1 };
+        let sa = Strides {
+            rs: lda as isize,
+            cs: 1,
+        };
         let sb = if b_transposed {
-            Strides { rs: 1, cs: ldb as isize }
+            Strides {
+                rs: 1,
+                cs: ldb as isize,
+            }
         } else {
-            Strides { rs: ldb as isize, cs: 1 }
+            Strides {
+                rs: ldb as isize,
+                cs: 1,
+            }
         };
         product(c, a, sa, b, sb, m, n, k, accumulate, Parallelism::None);
     } else {
@@ -145,7 +196,19 @@ pub fn matmul_strided(
                 tmp[i * n..(i + 1) * n].copy_from_slice(&c[i * ldc..i * ldc + n]);
             }
         }
-        matmul_strided(&mut tmp, n, a, lda, b, ldb, b_transposed, m, n, k, accumulate);
+        matmul_strided(
+            &mut tmp,
+            n,
+            a,
+            lda,
+            b,
+            ldb,
+            b_transposed,
+            m,
+            n,
+            k,
+            accumulate,
+        );
         for i in 0..m {
             c[i * ldc..i * ldc + n].copy_from_slice(&tmp[i * n..(i + 1) * n]);
         }
@@ -156,11 +219,19 @@ pub fn matmul_strided(
 mod tests {
     use super::*;
 
-    fn naive(a: impl Fn(usize, usize) -> f32, b: impl Fn(usize, usize) -> f32, m: usize, n: usize, k: usize) -> Vec<f32> {
+    fn naive(
+        a: impl Fn(usize, usize) -> f32,
+        b: impl Fn(usize, usize) -> f32,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Vec<f32> {
         let mut c = vec![0.0f32; m * n];
         for i in 0..m {
             for j in 0..n {
-                c[i * n + j] = (0..k).map(|l| f64::from(a(i, l)) * f64::from(b(l, j))).sum::<f64>() as f32;
+                c[i * n + j] = (0..k)
+                    .map(|l| f64::from(a(i, l)) * f64::from(b(l, j)))
+                    .sum::<f64>() as f32;
             }
         }
         c
@@ -176,8 +247,12 @@ mod tests {
     #[test]
     fn all_three_shapes_match_naive_products() {
         for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (70, 65, 130), (128, 96, 64)] {
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-            let bt: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 89) as f32 - 44.0) / 20.0).collect();
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let bt: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 53 % 89) as f32 - 44.0) / 20.0)
+                .collect();
             let b: Vec<f32> = (0..k * n).map(|i| bt[(i % n) * k + i / n]).collect(); // b = btᵀ
             let want = naive(|i, l| a[i * k + l], |l, j| bt[j * k + l], m, n, k);
             let mut c = vec![0.0; m * n];
@@ -196,7 +271,10 @@ mod tests {
             let mut wide = vec![7.0f32; m * (n + 3)];
             matmul_strided(&mut wide, n + 3, &a, k, &bt, k, true, m, n, k, false);
             for i in 0..m {
-                close(&wide[i * (n + 3)..i * (n + 3) + n], &want[i * n..(i + 1) * n]);
+                close(
+                    &wide[i * (n + 3)..i * (n + 3) + n],
+                    &want[i * n..(i + 1) * n],
+                );
                 assert_eq!(&wide[i * (n + 3) + n..(i + 1) * (n + 3)], &[7.0; 3]);
             }
         }

@@ -44,7 +44,10 @@ impl RopeTable {
         let (half, d) = (self.half, 2 * self.half);
         let width = n_heads * d;
         x.par_chunks_mut(width).enumerate().for_each(|(p, row)| {
-            let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
+            let (cos, sin) = (
+                &self.cos[p * half..(p + 1) * half],
+                &self.sin[p * half..(p + 1) * half],
+            );
             for head in row.chunks_exact_mut(d) {
                 let (lo, hi) = head.split_at_mut(half);
                 for i in 0..half {
@@ -160,8 +163,18 @@ fn head_norm(x: &mut [f32], w: &[f32], eps: f32) -> Vec<f32> {
 
 /// Causal grouped-query attention. Returns (output `t × q_dim`, probs
 /// `n_heads × t × t`).
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], c: &ModelConfig, t: usize) -> (Vec<f32>, Vec<f32>) {
-    let (h, kvh, d) = (c.n_heads as usize, c.n_kv_heads as usize, c.head_dim as usize);
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    c: &ModelConfig,
+    t: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (h, kvh, d) = (
+        c.n_heads as usize,
+        c.n_kv_heads as usize,
+        c.head_dim as usize,
+    );
     let (qd, kvd) = (h * d, kvh * d);
     let group = h / kvh;
     let scale = 1.0 / (d as f32).sqrt();
@@ -174,7 +187,19 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], c: &ModelConfig, t: usize) -> 
         .for_each(|(head, (p, out))| {
             let g = head / group;
             // scores = q_h · k_gᵀ
-            matmul_strided(p, t, &q[head * d..], qd, &k[g * d..], kvd, true, t, t, d, false);
+            matmul_strided(
+                p,
+                t,
+                &q[head * d..],
+                qd,
+                &k[g * d..],
+                kvd,
+                true,
+                t,
+                t,
+                d,
+                false,
+            );
             for (i, row) in p.chunks_exact_mut(t).enumerate() {
                 let live = &mut row[..=i];
                 let mut max = f32::NEG_INFINITY;
@@ -197,14 +222,17 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], c: &ModelConfig, t: usize) -> 
     let mut attn = vec![0.0f32; t * qd];
     attn.par_chunks_mut(qd).enumerate().for_each(|(i, row)| {
         for head in 0..h {
-            row[head * d..(head + 1) * d].copy_from_slice(&heads[(head * t + i) * d..(head * t + i + 1) * d]);
+            row[head * d..(head + 1) * d]
+                .copy_from_slice(&heads[(head * t + i) * d..(head * t + i + 1) * d]);
         }
     });
     (attn, probs)
 }
 
 fn add_into(x: &mut [f32], y: &[f32]) {
-    x.par_iter_mut().zip(y.par_iter()).for_each(|(a, b)| *a += b);
+    x.par_iter_mut()
+        .zip(y.par_iter())
+        .for_each(|(a, b)| *a += b);
 }
 
 /// One decoder block on `x` (`t × d`) in place.
@@ -239,7 +267,11 @@ pub fn block_forward(
     rmsnorm(x, &l.ffn_norm, eps, &mut h2, &mut inv2);
     let gate = linear(&h2, &l.w_gate, None, t);
     let up = linear(&h2, &l.w_up, None, t);
-    let act: Vec<f32> = gate.par_iter().zip(up.par_iter()).map(|(&g, &u)| silu(g) * u).collect();
+    let act: Vec<f32> = gate
+        .par_iter()
+        .zip(up.par_iter())
+        .map(|(&g, &u)| silu(g) * u)
+        .collect();
     let x_mid = tape.as_ref().map(|_| x.to_vec());
     add_into(x, &linear(&act, &l.w_down, None, t));
     if let Some(tape) = tape {
@@ -284,7 +316,11 @@ pub fn embed(w: &ModelWeights, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
 
 /// Logits (`t × vocab`) for one independent sequence starting at position 0.
 /// With a tape, records every intermediate the backward pass needs.
-pub fn forward(w: &ModelWeights, tokens: &[u32], mut tape: Option<&mut Tape>) -> Result<Vec<f32>, ModelError> {
+pub fn forward(
+    w: &ModelWeights,
+    tokens: &[u32],
+    mut tape: Option<&mut Tape>,
+) -> Result<Vec<f32>, ModelError> {
     let c = &w.config;
     let t = tokens.len();
     let d = c.d_model as usize;

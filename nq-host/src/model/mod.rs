@@ -5,6 +5,13 @@
 //! Q and K projection rows are always in the Hugging Face layout ("rotate
 //! halves" RoPE); readers of other layouts convert on load.
 
+pub mod backward;
+pub mod forward;
+pub mod hf;
+pub mod load_gguf;
+pub mod synthetic;
+
+pub use load_gguf::{load_gguf, LoadError};
 pub use nq_core::blob::{Arch, ModelConfig};
 
 /// A row-major f32 matrix (`rows × cols`; a linear layer is `out × in`).

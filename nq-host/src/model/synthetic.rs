@@ -27,7 +27,9 @@ pub fn random_model(config: ModelConfig, seed: u64) -> ModelWeights {
         }
     };
     let vec_near = |len: usize, center: f32, rng: &mut ChaCha8Rng| -> Vec<f32> {
-        (0..len).map(|_| center + rng.gen_range(-0.2f32..0.2)).collect()
+        (0..len)
+            .map(|_| center + rng.gen_range(-0.2f32..0.2))
+            .collect()
     };
     let token_embd = mat(v, d, &mut rng);
     let output = (!c.tied_embeddings).then(|| mat(v, d, &mut rng));
@@ -41,8 +43,12 @@ pub fn random_model(config: ModelConfig, seed: u64) -> ModelWeights {
             bq: c.attn_bias.then(|| vec_near(q, 0.0, &mut rng)),
             bk: c.attn_bias.then(|| vec_near(kv, 0.0, &mut rng)),
             bv: c.attn_bias.then(|| vec_near(kv, 0.0, &mut rng)),
-            q_norm: c.qk_norm.then(|| vec_near(c.head_dim as usize, 1.0, &mut rng)),
-            k_norm: c.qk_norm.then(|| vec_near(c.head_dim as usize, 1.0, &mut rng)),
+            q_norm: c
+                .qk_norm
+                .then(|| vec_near(c.head_dim as usize, 1.0, &mut rng)),
+            k_norm: c
+                .qk_norm
+                .then(|| vec_near(c.head_dim as usize, 1.0, &mut rng)),
             ffn_norm: vec_near(d, 1.0, &mut rng),
             w_gate: mat(f, d, &mut rng),
             w_up: mat(f, d, &mut rng),

@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# The project's one test command. CI (.ci/run) runs exactly this script, so a
+# green local run means a green CI run.
+#
+# It checks what users build: the host workspace (fmt, clippy, tests), nq-core
+# without an allocator and with `alloc`, nq-core for Cortex-M4F/M7
+# (thumbv7em-none-eabihf) and Cortex-M33 (thumbv8m.main-none-eabihf) with and
+# without `defmt`, and nq-core's tests on aarch64 under qemu-user, once on a
+# CPU with dotprod and once without. docs/CI.md has the list and the reasons.
+#
+# First it installs what a fresh Debian machine lacks (rustup components and
+# targets, the aarch64 cross gcc, qemu), skipping whatever is already there.
+#
+# Environment:
+#   NQ_TEST_QUICK=1  fast local loop: fmt, clippy and host tests only; skips
+#                    the cross-compiled and emulated steps and their installs.
+#   CI=true          also require Cargo.lock to be up to date.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+case "${NQ_TEST_QUICK:-0}" in
+    1 | true | yes) QUICK=1 ;;
+    *) QUICK=0 ;;
+esac
+
+RUST_COMPONENTS=(rustfmt clippy)
+CROSS_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf thumbv8m.main-none-eabihf)
+# gcc and libc6-dev: the host linker (`cc`) that rustc needs.
+HOST_PACKAGES=(gcc libc6-dev)
+# The aarch64 cross linker and sysroot, qemu-aarch64 (user mode, runs the
+# aarch64 tests) and qemu-system-arm (boots the Cortex-M examples).
+CROSS_PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-system-arm)
+# Must match `runner` in .cargo/config.toml.
+QEMU_AARCH64=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
+
+# ---------------------------------------------------------------------------
+# Step bookkeeping: a header per step, its time, a summary at exit.
+
+RUN_START=$(date +%s)
+STEP_COUNT=0
+STEP_NAMES=()
+STEP_TIMES=()
+CURRENT_STEP=""
+CURRENT_START=0
+
+fmt_secs() {
+    local s=$1
+    if ((s >= 60)); then
+        printf '%dm%02ds' $((s / 60)) $((s % 60))
+    else
+        printf '%ds' "$s"
+    fi
+}
+
+# step TITLE COMMAND [ARGS...]: run one check; any failure ends the script
+# (set -e) and the exit trap names the step.
+step() {
+    local title=$1
+    shift
+    STEP_COUNT=$((STEP_COUNT + 1))
+    CURRENT_STEP=$title
+    CURRENT_START=$(date +%s)
+    printf '\n==> [%d] %s\n' "$STEP_COUNT" "$title"
+    printf '    $ %s\n' "$*"
+    "$@"
+    local took=$(($(date +%s) - CURRENT_START))
+    STEP_NAMES+=("$title")
+    STEP_TIMES+=("$took")
+    CURRENT_STEP=""
+    printf '<== [%d] ok in %s: %s\n' "$STEP_COUNT" "$(fmt_secs "$took")" "$title"
+}
+
+finish() {
+    local rc=$?
+    local total=$(($(date +%s) - RUN_START))
+    local i
+    printf '\n==> summary\n'
+    for i in "${!STEP_NAMES[@]}"; do
+        printf '    ok    %7s  %s\n' "$(fmt_secs "${STEP_TIMES[$i]}")" "${STEP_NAMES[$i]}"
+    done
+    if ((rc != 0)); then
+        if [[ -n $CURRENT_STEP ]]; then
+            printf '    FAIL  %7s  %s\n' "$(fmt_secs $(($(date +%s) - CURRENT_START)))" "$CURRENT_STEP"
+            printf '\nFAILED at step [%d] "%s" (exit %d) after %s\n' \
+                "$STEP_COUNT" "$CURRENT_STEP" "$rc" "$(fmt_secs "$total")"
+        else
+            printf '\nFAILED (exit %d) after %s\n' "$rc" "$(fmt_secs "$total")"
+        fi
+    else
+        local mode="full"
+        ((QUICK)) && mode="quick (NQ_TEST_QUICK=1: cross and emulated steps skipped)"
+        printf '\nall %d steps passed in %s, %s run\n' "${#STEP_NAMES[@]}" "$(fmt_secs "$total")" "$mode"
+    fi
+}
+trap finish EXIT
+
+# ---------------------------------------------------------------------------
+# Set-up: install what is missing, quietly; touch nothing that is present.
+
+# as_root COMMAND...: run as root, through sudo when we are not root.
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "error: need root (or sudo) to run: $*" >&2
+        return 1
+    fi
+}
+
+deb_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+ensure_debian_packages() {
+    local missing=() pkg out
+    if ! command -v dpkg-query >/dev/null 2>&1; then
+        # Not Debian: check for the tools and let the user install them.
+        local tools=(cc)
+        ((QUICK)) || tools+=(aarch64-linux-gnu-gcc qemu-aarch64 qemu-system-arm)
+        for pkg in "${tools[@]}"; do
+            command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+        done
+        if ((${#missing[@]})); then
+            echo "error: not a Debian system and these tools are missing: ${missing[*]}" >&2
+            echo "       install the equivalents of: ${HOST_PACKAGES[*]} ${CROSS_PACKAGES[*]}" >&2
+            return 1
+        fi
+        echo "    system tools: present (not Debian, packages not checked)"
+        return 0
+    fi
+    local wanted=("${HOST_PACKAGES[@]}")
+    ((QUICK)) || wanted+=("${CROSS_PACKAGES[@]}")
+    for pkg in "${wanted[@]}"; do
+        deb_installed "$pkg" || missing+=("$pkg")
+    done
+    if ((${#missing[@]} == 0)); then
+        echo "    debian packages: all present (${wanted[*]})"
+        return 0
+    fi
+    echo "    debian packages: installing ${missing[*]}"
+    if ! out=$(as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq 2>&1) ||
+        ! out=$(as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends "${missing[@]}" 2>&1); then
+        printf '%s\n' "$out" >&2
+        echo "error: apt-get failed installing: ${missing[*]}" >&2
+        return 1
+    fi
+}
+
+ensure_rust() {
+    if ! command -v cargo >/dev/null 2>&1 || ! command -v rustup >/dev/null 2>&1; then
+        echo "error: cargo and rustup are needed; install them from https://rustup.rs" >&2
+        return 1
+    fi
+    local have missing=() item
+    have=$(rustup component list --installed)
+    for item in "${RUST_COMPONENTS[@]}"; do
+        grep -q "^$item-" <<<"$have" || missing+=("$item")
+    done
+    if ((${#missing[@]})); then
+        echo "    rustup components: adding ${missing[*]}"
+        rustup -q component add "${missing[@]}"
+    else
+        echo "    rustup components: all present (${RUST_COMPONENTS[*]})"
+    fi
+    ((QUICK)) && return 0
+    missing=()
+    have=$(rustup target list --installed)
+    for item in "${CROSS_TARGETS[@]}"; do
+        grep -qx "$item" <<<"$have" || missing+=("$item")
+    done
+    if ((${#missing[@]})); then
+        echo "    rustup targets: adding ${missing[*]}"
+        rustup -q target add "${missing[@]}"
+    else
+        echo "    rustup targets: all present (${CROSS_TARGETS[*]})"
+    fi
+}
+
+set_up() {
+    ensure_debian_packages
+    ensure_rust
+    echo "    $(rustc --version)"
+    echo "    $(cargo --version)"
+    if ((!QUICK)); then
+        echo "    $(qemu-aarch64 --version | head -n 1)"
+    fi
+}
+
+# The aarch64 runs are only worth two runs if the two CPU models differ where
+# the kernels care: check that qemu's `max` CPU reports dotprod (HWCAP_ASIMDDP)
+# and cortex-a72 does not, with a tiny C program read through getauxval.
+check_qemu_cpus() {
+    local dir max a72
+    dir=$(mktemp -d)
+    cat >"$dir/hwcap.c" <<'EOF'
+#include <stdio.h>
+#include <sys/auxv.h>
+int main(void) {
+    unsigned long hwcap = getauxval(AT_HWCAP);
+    printf("asimd=%d dotprod=%d\n", !!(hwcap & (1UL << 1)), !!(hwcap & (1UL << 20)));
+    return 0;
+}
+EOF
+    aarch64-linux-gnu-gcc -O2 -o "$dir/hwcap" "$dir/hwcap.c"
+    max=$(QEMU_CPU=max "${QEMU_AARCH64[@]}" "$dir/hwcap")
+    a72=$(QEMU_CPU=cortex-a72 "${QEMU_AARCH64[@]}" "$dir/hwcap")
+    rm -rf "$dir"
+    echo "    QEMU_CPU=max:        $max"
+    echo "    QEMU_CPU=cortex-a72: $a72"
+    if [[ $max != *"dotprod=1"* || $a72 != *"dotprod=0"* ]]; then
+        echo "error: expected dotprod on QEMU_CPU=max and not on cortex-a72" >&2
+        return 1
+    fi
+}
+
+# `cargo fmt --all` sees only the workspace; the crates it excludes (fuzz/,
+# the firmware examples) have their own manifests.
+fmt_outside_workspace() {
+    local manifest found=0
+    for manifest in fuzz/Cargo.toml examples/*/Cargo.toml; do
+        [[ -f $manifest ]] || continue
+        found=1
+        echo "    $manifest"
+        cargo fmt --manifest-path "$manifest" -- --check
+    done
+    ((found)) || echo "    none present"
+}
+
+# A clean clone must build from the committed Cargo.lock as it is.
+lockfile_is_current() {
+    cargo metadata --locked --format-version 1 >/dev/null
+}
+
+# ---------------------------------------------------------------------------
+# The checks. Cheap and broad first, so the common failures come back fast.
+
+step "set-up: tools, rustup components and targets, debian packages" set_up
+
+if [[ ${CI:-} == true ]]; then
+    step "Cargo.lock is up to date (CI only)" lockfile_is_current
+fi
+
+step "fmt" cargo fmt --all -- --check
+step "fmt: crates outside the workspace (fuzz/, examples/*/)" fmt_outside_workspace
+step "clippy: workspace, all targets, -D warnings" \
+    cargo clippy --workspace --all-targets -- -D warnings
+step "test: workspace (host)" cargo test --workspace
+step "test: nq-core --no-default-features (no allocator)" \
+    cargo test -p nq-core --no-default-features
+step "test: nq-core --features alloc" cargo test -p nq-core --features alloc
+
+if ((QUICK)); then
+    echo
+    echo "NQ_TEST_QUICK=1: skipping thumbv7em, thumbv8m and aarch64 (qemu) steps"
+    exit 0
+fi
+
+# Warnings are errors on the embedded targets too; these variables apply to
+# builds for that target only, so host builds stay cached.
+export CARGO_TARGET_THUMBV7EM_NONE_EABIHF_RUSTFLAGS="-D warnings"
+export CARGO_TARGET_THUMBV8M_MAIN_NONE_EABIHF_RUSTFLAGS="-D warnings"
+
+for target in thumbv7em-none-eabihf thumbv8m.main-none-eabihf; do
+    step "build: nq-core for $target" cargo build -p nq-core --target "$target"
+    step "build: nq-core for $target --features defmt" \
+        cargo build -p nq-core --target "$target" --features defmt
+done
+step "clippy: nq-core for thumbv7em-none-eabihf, -D warnings" \
+    cargo clippy -p nq-core --target thumbv7em-none-eabihf -- -D warnings
+step "clippy: nq-core for thumbv7em-none-eabihf --features defmt, -D warnings" \
+    cargo clippy -p nq-core --target thumbv7em-none-eabihf --features defmt -- -D warnings
+
+step "aarch64: qemu CPU models (max has dotprod, cortex-a72 lacks it)" check_qemu_cpus
+step "clippy: nq-core for aarch64 --features std, all targets, -D warnings" \
+    cargo clippy -p nq-core --features std --target aarch64-unknown-linux-gnu --all-targets \
+    -- -D warnings
+step "test: nq-core on aarch64 under qemu, QEMU_CPU=max (dotprod)" \
+    env QEMU_CPU=max cargo test -p nq-core --features std --target aarch64-unknown-linux-gnu
+step "test: nq-core on aarch64 under qemu, QEMU_CPU=cortex-a72 (no dotprod)" \
+    env QEMU_CPU=cortex-a72 cargo test -p nq-core --features std --target aarch64-unknown-linux-gnu
