@@ -254,6 +254,9 @@ impl BlobBuilder {
                 dim(enc.dims[1]).ok_or_else(shape_err)?,
             );
             let rank = u32::try_from(enc.rank).map_err(|_| shape_err())?;
+            if enc.kind == Kind::Factorized && (rank == 0 || rank > dim0.min(dim1)) {
+                return Err(shape_err());
+            }
             let layout = format::sections(enc.kind, enc.dtype, [dim0, dim1], rank, enc.has_bias)
                 .ok_or_else(shape_err)?;
             let mut name_field = [0u8; 48];
