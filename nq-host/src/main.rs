@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use nq_host::model::hf::SaveDtype;
+
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +32,84 @@ enum Command {
     },
     /// List the CUDA devices nq-host can use (or say why there are none).
     Devices,
+    /// Perplexity and top-1 accuracy of a model on a text (EVAL.md protocol:
+    /// non-overlapping windows from the start, every prediction scored).
+    Eval(EvalArgs),
+    /// Write any readable checkpoint as a Hugging Face directory
+    /// (config.json, model.safetensors, tokenizer.json).
+    Convert(ConvertArgs),
+    /// Quantize a checkpoint to a binary / sub-1-bit blob.
+    Quantize(cli::quantize::QuantizeArgs),
+    /// Generate a continuation of a prompt (host, f32; blobs dequantized).
+    Run(cli::generate::RunArgs),
+    /// Benchmarks (not tests): throughput of the FP32 reference model.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// FP32 prefill, full forward and forward + backward on one sequence.
+    Fp32 {
+        /// GGUF file or Hugging Face directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Text to take the sequence from (default: fixed pseudo-random ids).
+        #[arg(long)]
+        text: Option<PathBuf>,
+        /// Sequence length.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Timed runs per measurement (after one warm-up run).
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// Skip the forward + backward measurement.
+        #[arg(long)]
+        no_backward: bool,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// GGUF file, Hugging Face directory or blob (.nqb, dequantized).
+    #[arg(long)]
+    model: PathBuf,
+    /// UTF-8 text file to score.
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokenizer (tokenizer.json, GGUF or directory) when the model has none.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Window length in tokens.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Score only the first N windows (default: all).
+    #[arg(long)]
+    windows: Option<usize>,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// GGUF file, Hugging Face directory or blob (.nqb, dequantized).
+    input: PathBuf,
+    /// Output directory (created; existing files of the same name replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// Storage type of the written tensors.
+    #[arg(long, value_enum, default_value_t = SaveDtype::F32)]
+    dtype: SaveDtype,
 }
 
 fn main() -> ExitCode {
@@ -50,7 +131,187 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", nq_cuda::probe().describe());
             Ok(())
         }
+        Command::Eval(args) => eval(args),
+        Command::Convert(args) => convert(args),
+        Command::Quantize(args) => cli::quantize::run(args),
+        Command::Run(args) => cli::generate::run(args),
+        Command::Bench(BenchCommand::Fp32 {
+            model,
+            text,
+            ctx,
+            iters,
+            no_backward,
+            threads,
+            json,
+        }) => {
+            cli::set_threads(threads)?;
+            if ctx < 2 {
+                bail!("--ctx must be at least 2");
+            }
+            let loaded = nq_host::source::load(&model)?;
+            let vocab = loaded.weights.config.vocab_size;
+            let tokens: Vec<u32> = match text {
+                Some(path) => {
+                    let Some(tok) = &loaded.tokenizer else {
+                        bail!("{} has no tokenizer; drop --text", model.display());
+                    };
+                    let s = nq_host::tokenizer::read_text_for_eval(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let ids = tok.encode(&s)?;
+                    if ids.len() < ctx {
+                        bail!(
+                            "{} has {} tokens, fewer than --ctx {ctx}",
+                            path.display(),
+                            ids.len()
+                        );
+                    }
+                    ids[..ctx].to_vec()
+                }
+                // A fixed LCG: any ids in range exercise the same arithmetic.
+                None => (0..ctx as u64)
+                    .map(|i| {
+                        ((i.wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407)
+                            >> 33)
+                            % u64::from(vocab)) as u32
+                    })
+                    .collect(),
+            };
+            let r = nq_host::bench::fp32(&loaded.weights, &tokens, iters, !no_backward)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "model {}, ctx {}, {} threads, median of {} runs",
+                    model.display(),
+                    r.ctx,
+                    r.threads,
+                    r.iters
+                );
+                for t in &r.timings {
+                    println!(
+                        "  {:<36} {:>9.3} s  {:>9.1} tokens/s  (best {:.3} s)",
+                        t.name, t.seconds, t.tokens_per_second, t.best_seconds
+                    );
+                }
+                if let Some(b) = r.peak_rss_bytes {
+                    println!("  peak RSS {:.0} MiB", b as f64 / (1024.0 * 1024.0));
+                }
+            }
+            Ok(())
+        }
     }
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    cli::set_threads(args.threads)?;
+    if args.ctx < 2 {
+        bail!("--ctx must be at least 2");
+    }
+    if args.windows == Some(0) {
+        bail!("--windows must be at least 1");
+    }
+    let text = nq_host::tokenizer::read_text_for_eval(&args.text)
+        .with_context(|| format!("cannot read {}", args.text.display()))?;
+    let loaded = nq_host::source::load(&args.model)?;
+    let tokenizer = match (&args.tokenizer, loaded.tokenizer) {
+        (Some(t), _) => nq_host::source::load_tokenizer(t)?,
+        (None, Some(t)) => t,
+        (None, None) => bail!(
+            "{} has no tokenizer.json; pass --tokenizer",
+            args.model.display()
+        ),
+    };
+    let w = &loaded.weights;
+    if tokenizer.vocab_size() > w.config.vocab_size as usize {
+        bail!(
+            "tokenizer has {} tokens but the model's vocabulary is {}",
+            tokenizer.vocab_size(),
+            w.config.vocab_size
+        );
+    }
+    let ids = tokenizer
+        .encode(&text)
+        .with_context(|| format!("cannot tokenize {}", args.text.display()))?;
+    let available = ids.len() / args.ctx;
+    let total = args.windows.map_or(available, |n| n.min(available));
+    let bar = progress_bar(total as u64, args.json);
+    let r = nq_host::eval::evaluate(w, &ids, args.ctx, args.windows, |done, _| {
+        bar.set_position(done as u64)
+    })
+    .with_context(|| format!("cannot evaluate on {}", args.text.display()))?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "model {} ({}), text {}",
+            args.model.display(),
+            loaded.kind.name(),
+            args.text.display()
+        );
+        println!(
+            "tokens {}, ctx {}, windows {} of {}, predictions {}",
+            r.tokens, r.ctx, r.windows, r.windows_available, r.predictions
+        );
+        println!("perplexity {:.4}", r.ppl);
+        println!("top-1      {:.4}", r.top1);
+        println!(
+            "speed      {:.1} tokens/s ({:.1} s, {} threads)",
+            r.tokens_per_second,
+            r.seconds,
+            rayon::current_num_threads()
+        );
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr, hidden for JSON output or when stderr is not a
+/// terminal (indicatif does the latter itself).
+fn progress_bar(len: u64, hidden: bool) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} windows, {elapsed} elapsed, eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix("eval");
+    bar
+}
+
+fn convert(args: ConvertArgs) -> anyhow::Result<()> {
+    let loaded = nq_host::source::load(&args.input)?;
+    if args.out.is_file() {
+        bail!("{} exists and is a file", args.out.display());
+    }
+    nq_host::model::hf::save_hf_dir(&loaded.weights, &args.out, args.dtype)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    if let Some(t) = &loaded.tokenizer {
+        let path = args.out.join("tokenizer.json");
+        let tmp = args.out.join(".tokenizer.json.tmp");
+        t.to_tokenizer_json(&tmp)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let c = &loaded.weights.config;
+    println!(
+        "wrote {} ({} layers, d_model {}, vocab {}, {:?}{})",
+        args.out.display(),
+        c.n_layers,
+        c.d_model,
+        c.vocab_size,
+        args.dtype,
+        if loaded.tokenizer.is_some() {
+            ", with tokenizer.json"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }
 
 fn inspect(path: &PathBuf, verify: bool) -> anyhow::Result<()> {
@@ -71,3 +332,9 @@ fn inspect(path: &PathBuf, verify: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+// The forward pass allocates and frees activation buffers of megabytes per
+// layer; glibc returns those to the OS each time (mmap/munmap), so every
+// layer paid page faults. mimalloc keeps and reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

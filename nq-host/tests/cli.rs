@@ -202,3 +202,84 @@ fn devices_never_panics() {
     assert!(out.status.success());
     assert!(!out.stdout.is_empty());
 }
+
+/// A tiny Llama checkpoint directory (no tokenizer.json) and a text file.
+fn tiny_hf_dir(dir: &Path) -> std::path::PathBuf {
+    use nq_host::model::hf::{save_hf_dir, SaveDtype};
+    use nq_host::model::synthetic::{random_model, tiny_config};
+    let model = dir.join("tiny");
+    save_hf_dir(
+        &random_model(tiny_config(Arch::Llama), 3),
+        &model,
+        SaveDtype::F32,
+    )
+    .unwrap();
+    model
+}
+
+#[test]
+fn eval_and_convert_reject_bad_input_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "some text to score").unwrap();
+    let text = text.to_str().unwrap();
+    let missing = dir.path().join("nope.gguf");
+    let missing = missing.to_str().unwrap();
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, b"not a model at all").unwrap();
+    let junk = junk.to_str().unwrap();
+    let model = tiny_hf_dir(dir.path());
+    let model = model.to_str().unwrap();
+
+    let eval = |m: &str, extra: &[&str]| {
+        let mut args = vec!["eval", "--model", m, "--text", text];
+        args.extend_from_slice(extra);
+        nq_host(&args)
+    };
+    assert_one_line_error(&eval(missing, &[]), "nope.gguf");
+    assert_one_line_error(&eval(junk, &[]), "not a GGUF file");
+    assert_one_line_error(&eval(model, &[]), "pass --tokenizer");
+    assert_one_line_error(&eval(model, &["--ctx", "1"]), "--ctx");
+    assert_one_line_error(&eval(model, &["--windows", "0"]), "--windows");
+    assert_one_line_error(&eval(model, &["--threads", "0"]), "--threads");
+    assert_one_line_error(&eval(model, &["--tokenizer", junk]), "junk.bin");
+    let missing_text = nq_host(&["eval", "--model", model, "--text", missing]);
+    assert_one_line_error(&missing_text, "nope.gguf");
+
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    assert_one_line_error(&nq_host(&["convert", missing, "--out", out]), "nope.gguf");
+    assert_one_line_error(
+        &nq_host(&["convert", junk, "--out", out]),
+        "not a GGUF file",
+    );
+    assert!(!Path::new(out).exists(), "failed convert left {out}");
+    // A file where the directory should go.
+    assert_one_line_error(&nq_host(&["convert", model, "--out", text]), "is a file");
+}
+
+#[test]
+fn convert_writes_a_loadable_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_hf_dir(dir.path());
+    let out = dir.path().join("as-bf16");
+    let o = nq_host(&[
+        "convert",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = nq_host::model::hf::load_hf_dir(&model).unwrap();
+    let b = nq_host::model::hf::load_hf_dir(&out).unwrap();
+    assert_eq!(a.config, b.config);
+    // bf16 keeps 8 bits of mantissa: every weight within 2⁻⁸ relative.
+    for (x, y) in a.token_embd.data.iter().zip(&b.token_embd.data) {
+        assert!((x - y).abs() <= x.abs() / 256.0, "{x} vs {y}");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["torch_dtype"], "bfloat16");
+}

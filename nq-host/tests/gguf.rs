@@ -2,6 +2,8 @@
 //! a tiny llama/qwen model, crafted bad files, every truncation) and, when
 //! `scripts/fetch-assets.sh` has run, against the real SmolLM2 GGUF.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -615,17 +617,7 @@ fn loader_errors() {
 // The real SmolLM2-135M-Instruct GGUF (assets/, see scripts/fetch-assets.sh).
 
 fn smollm2() -> Option<PathBuf> {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: {} not found (run scripts/fetch-assets.sh)",
-            p.display()
-        );
-        None
-    }
+    common::asset("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! against the Botchan reference ids of EVAL.md (skipped, visibly, when
 //! `scripts/fetch-assets.sh` has not been run).
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -218,29 +219,21 @@ const BOTCHAN_FIRST: [u32; 12] = [
     14892, 45382, 506, 14639, 2410, 365, 23534, 9117, 1519, 643, 411, 25131,
 ];
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use common::workspace;
 
 /// The SmolLM2 tokenizer and the Botchan text, or `None` (after saying so)
 /// when the assets are absent. Built once for all tests.
 fn smollm2_and_botchan() -> Option<&'static (Tokenizer, String)> {
     static ASSETS: OnceLock<Option<(Tokenizer, String)>> = OnceLock::new();
     let loaded = ASSETS.get_or_init(|| {
-        let gguf = workspace().join("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
-        let text = workspace().join("assets/botchan.txt");
-        if !gguf.exists() || !text.exists() {
-            return None;
-        }
+        let gguf = common::asset("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+        let text = common::asset("botchan.txt")?;
         let start = Instant::now();
         let file = GgufFile::open(&gguf).expect("gguf opens");
         let tokenizer = Tokenizer::from_gguf(&file).expect("tokenizer from gguf");
         eprintln!("tokenizer from gguf: {:.2?}", start.elapsed());
         Some((tokenizer, read_text_for_eval(&text).expect("botchan reads")))
     });
-    if loaded.is_none() {
-        eprintln!("SKIP: assets/ missing, run scripts/fetch-assets.sh");
-    }
     loaded.as_ref()
 }
 

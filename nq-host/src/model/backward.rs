@@ -268,21 +268,13 @@ pub fn backward(
     let wg = opts.weight_grads;
 
     // LM head: logits = h_final · headᵀ.
-    let head = w.lm_head();
     let d_head = wg.then(|| weight_grad(dlogits, &tape.h_final, vocab, d, t));
-    let mut dh = vec![0.0f32; t * d];
-    matmul_nn(&mut dh, dlogits, &head.data, t, d, vocab, false);
-
-    // Final norm.
-    let mut dx = vec![0.0f32; t * d];
     let mut d_output_norm = wg.then(|| vec![0.0f32; d]);
-    rmsnorm_backward(
+    let mut dx = head_backward(
+        w,
         &tape.x_final,
-        &w.output_norm,
         &tape.inv_rms_final,
-        &dh,
-        &mut dx,
-        false,
+        dlogits,
         d_output_norm.as_deref_mut(),
     );
 
@@ -334,6 +326,41 @@ pub fn backward(
         block_inputs,
         linear_outputs,
     }
+}
+
+/// Backward through the LM head and the final norm: the loss gradient
+/// w.r.t. the last block's output (`t × d`) from `dlogits` (`t × vocab`).
+/// `x_final` is the last block's output and `inv_rms_final` the final norm's
+/// per-token inverse RMS (as the tape records them). Adds the final norm's
+/// weight gradient into `d_output_norm` when given.
+///
+/// # Panics
+/// If the shapes do not match the model.
+pub fn head_backward(
+    w: &ModelWeights,
+    x_final: &[f32],
+    inv_rms_final: &[f32],
+    dlogits: &[f32],
+    d_output_norm: Option<&mut [f32]>,
+) -> Vec<f32> {
+    let c = &w.config;
+    let (d, vocab) = (c.d_model as usize, c.vocab_size as usize);
+    let t = inv_rms_final.len();
+    assert_eq!(x_final.len(), t * d, "x_final must be t × d");
+    assert_eq!(dlogits.len(), t * vocab, "dlogits must be t × vocab");
+    let mut dh = vec![0.0f32; t * d];
+    matmul_nn(&mut dh, dlogits, &w.lm_head().data, t, d, vocab, false);
+    let mut dx = vec![0.0f32; t * d];
+    rmsnorm_backward(
+        x_final,
+        &w.output_norm,
+        inv_rms_final,
+        &dh,
+        &mut dx,
+        false,
+        d_output_norm,
+    );
+    dx
 }
 
 /// The backward pass of [`super::forward::block_forward`] for one block:

@@ -180,44 +180,54 @@ pub fn attention(
     let scale = 1.0 / (d as f32).sqrt();
     let mut probs = vec![0.0f32; h * t * t];
     let mut heads = vec![0.0f32; h * t * d];
+    // Causal: query block [i0, i0 + rows) only needs keys [0, i0 + rows).
     probs
         .par_chunks_mut(t * t)
         .zip(heads.par_chunks_mut(t * d))
         .enumerate()
         .for_each(|(head, (p, out))| {
             let g = head / group;
-            // scores = q_h · k_gᵀ
-            matmul_strided(
-                p,
-                t,
-                &q[head * d..],
-                qd,
-                &k[g * d..],
-                kvd,
-                true,
-                t,
-                t,
-                d,
-                false,
-            );
-            for (i, row) in p.chunks_exact_mut(t).enumerate() {
-                let live = &mut row[..=i];
-                let mut max = f32::NEG_INFINITY;
-                for s in live.iter_mut() {
-                    *s *= scale;
-                    max = max.max(*s);
-                }
-                let mut sum = 0.0f64;
-                for s in live.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += f64::from(*s);
-                }
-                let norm = (1.0 / sum) as f32;
-                live.iter_mut().for_each(|s| *s *= norm);
-                row[i + 1..].fill(0.0);
-            }
-            // out_h = P · v_g
-            matmul_strided(out, d, p, t, &v[g * d..], kvd, false, t, d, t, false);
+            p.par_chunks_mut(ATTN_BLOCK * t)
+                .zip(out.par_chunks_mut(ATTN_BLOCK * d))
+                .enumerate()
+                .for_each(|(b, (pb, ob))| {
+                    let i0 = b * ATTN_BLOCK;
+                    let rows = pb.len() / t;
+                    let keys = i0 + rows;
+                    // scores = q_h · k_gᵀ
+                    matmul_strided(
+                        pb,
+                        t,
+                        &q[i0 * qd + head * d..],
+                        qd,
+                        &k[g * d..],
+                        kvd,
+                        true,
+                        rows,
+                        keys,
+                        d,
+                        false,
+                    );
+                    for (r, row) in pb.chunks_exact_mut(t).enumerate() {
+                        let i = i0 + r;
+                        let live = &mut row[..=i];
+                        let mut max = f32::NEG_INFINITY;
+                        for s in live.iter_mut() {
+                            *s *= scale;
+                            max = max.max(*s);
+                        }
+                        let mut sum = 0.0f64;
+                        for s in live.iter_mut() {
+                            *s = (*s - max).exp();
+                            sum += f64::from(*s);
+                        }
+                        let norm = (1.0 / sum) as f32;
+                        live.iter_mut().for_each(|s| *s *= norm);
+                        row[i + 1..].fill(0.0);
+                    }
+                    // out_h = P · v_g
+                    matmul_strided(ob, d, pb, t, &v[g * d..], kvd, false, rows, d, keys, false);
+                });
         });
     let mut attn = vec![0.0f32; t * qd];
     attn.par_chunks_mut(qd).enumerate().for_each(|(i, row)| {
@@ -228,6 +238,9 @@ pub fn attention(
     });
     (attn, probs)
 }
+
+/// Query rows per attention task.
+const ATTN_BLOCK: usize = 64;
 
 fn add_into(x: &mut [f32], y: &[f32]) {
     x.par_iter_mut()
@@ -319,10 +332,28 @@ pub fn embed(w: &ModelWeights, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
 pub fn forward(
     w: &ModelWeights,
     tokens: &[u32],
+    tape: Option<&mut Tape>,
+) -> Result<Vec<f32>, ModelError> {
+    run(w, tokens, tape, false)
+}
+
+/// Prefill: runs the whole sequence but computes only the last position's
+/// logits (`vocab` values), as a generator does before decoding.
+pub fn prefill(w: &ModelWeights, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+    run(w, tokens, None, true)
+}
+
+fn run(
+    w: &ModelWeights,
+    tokens: &[u32],
     mut tape: Option<&mut Tape>,
+    last_only: bool,
 ) -> Result<Vec<f32>, ModelError> {
     let c = &w.config;
     let t = tokens.len();
+    if t == 0 {
+        return Err(ModelError::Config("empty token sequence".into()));
+    }
     let d = c.d_model as usize;
     let mut x = embed(w, tokens)?;
     let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
@@ -333,6 +364,12 @@ pub fn forward(
     for (i, l) in w.layers.iter().enumerate() {
         let bt = tape.as_deref_mut().map(|tp| &mut tp.blocks[i]);
         block_forward(l, c, &rope, &mut x, t, bt);
+    }
+    if last_only {
+        let last = &x[(t - 1) * d..];
+        let (mut h, mut inv) = (vec![0.0f32; d], [0.0f32]);
+        rmsnorm(last, &w.output_norm, c.norm_eps, &mut h, &mut inv);
+        return Ok(linear(&h, w.lm_head(), None, 1));
     }
     let mut h = vec![0.0f32; t * d];
     let mut inv = vec![0.0f32; t];

@@ -210,6 +210,29 @@ impl ModelWeights {
         Ok(())
     }
 
+    /// Number of weights (parameters) in the model, a tied head counted once.
+    pub fn n_params(&self) -> usize {
+        let l: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|m| m.data.len())
+                    .sum::<usize>()
+                    + l.attn_norm.len()
+                    + l.ffn_norm.len()
+                    + [&l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm]
+                        .iter()
+                        .map(|v| v.as_ref().map_or(0, Vec::len))
+                        .sum::<usize>()
+            })
+            .sum();
+        l + self.token_embd.data.len()
+            + self.output_norm.len()
+            + self.output.as_ref().map_or(0, |o| o.data.len())
+    }
+
     /// The LM head matrix (the token embedding when tied).
     pub fn lm_head(&self) -> &Matrix {
         self.output.as_ref().unwrap_or(&self.token_embd)

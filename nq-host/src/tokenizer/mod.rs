@@ -149,6 +149,18 @@ impl Tokenizer {
             })
     }
 
+    /// Loads a `tokenizer.json` held in memory (as stored in a blob).
+    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self, TokenizerError> {
+        let hf = tokenizers::Tokenizer::from_bytes(bytes).map_err(TokenizerError::Hf)?;
+        Self::from_hf(hf)
+    }
+
+    /// The `tokenizer.json` text (compact) that
+    /// [`from_json_bytes`](Self::from_json_bytes) reads back to the same ids.
+    pub fn to_json_string(&self) -> Result<String, TokenizerError> {
+        self.hf.to_string(false).map_err(TokenizerError::Hf)
+    }
+
     /// Token ids of `text`, no BOS/EOS added.
     ///
     /// Characters containing a byte from

@@ -1,0 +1,114 @@
+//! `nq-host bench fp32`: throughput of the FP32 reference model.
+//!
+//! Measures what the quantizer and evaluator spend their time on: prefill
+//! (the whole sequence, logits of the last position only — what llama.cpp's
+//! `llama-bench -p` measures), a full forward with every position's logits
+//! (what perplexity needs), and one forward + backward with weight gradients
+//! (what calibration statistics need). Each is run once to warm up, then
+//! `iters` times; the median is reported.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::model::backward::{backward, loss_and_dlogits, BackwardOptions};
+use crate::model::forward::{forward, prefill, Tape};
+use crate::model::{ModelError, ModelWeights};
+
+/// One measured operation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timing {
+    /// What was run.
+    pub name: &'static str,
+    /// Median wall time of one run, seconds.
+    pub seconds: f64,
+    /// Fastest run, seconds.
+    pub best_seconds: f64,
+    /// Sequence tokens per median second.
+    pub tokens_per_second: f64,
+}
+
+/// The full benchmark result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Fp32Bench {
+    /// Sequence length.
+    pub ctx: usize,
+    /// Timed runs per operation.
+    pub iters: usize,
+    /// Rayon threads.
+    pub threads: usize,
+    /// The measurements.
+    pub timings: Vec<Timing>,
+    /// Peak resident set size of the process in bytes (Linux only).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+fn time(
+    name: &'static str,
+    tokens: usize,
+    iters: usize,
+    mut f: impl FnMut() -> Result<(), ModelError>,
+) -> Result<Timing, ModelError> {
+    f()?;
+    let mut secs = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        f()?;
+        secs.push(start.elapsed().as_secs_f64());
+    }
+    secs.sort_by(f64::total_cmp);
+    let median = secs[secs.len() / 2];
+    Ok(Timing {
+        name,
+        seconds: median,
+        best_seconds: secs[0],
+        tokens_per_second: tokens as f64 / median,
+    })
+}
+
+/// Runs the benchmark on `tokens` (one sequence). `backward` adds the
+/// forward + backward measurement.
+pub fn fp32(
+    w: &ModelWeights,
+    tokens: &[u32],
+    iters: usize,
+    with_backward: bool,
+) -> Result<Fp32Bench, ModelError> {
+    let iters = iters.max(1);
+    let t = tokens.len();
+    let vocab = w.config.vocab_size as usize;
+    let mut timings = vec![
+        time("prefill (last-position logits)", t, iters, || {
+            prefill(w, tokens).map(drop)
+        })?,
+        time("forward (all logits)", t, iters, || {
+            forward(w, tokens, None).map(drop)
+        })?,
+    ];
+    if with_backward {
+        timings.push(time("forward + backward (weight grads)", t, iters, || {
+            let mut tape = Tape::default();
+            let logits = forward(w, tokens, Some(&mut tape))?;
+            let (_, dlogits) = loss_and_dlogits(&logits, tokens, vocab);
+            drop(logits);
+            let grads = backward(w, &tape, &dlogits, &mut BackwardOptions::full());
+            drop(grads);
+            Ok(())
+        })?);
+    }
+    Ok(Fp32Bench {
+        ctx: t,
+        iters,
+        threads: rayon::current_num_threads(),
+        timings,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// `VmHWM` of this process, from `/proc/self/status`.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

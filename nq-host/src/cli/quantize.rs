@@ -1,0 +1,344 @@
+//! `nq-host quantize`: checkpoint → statistics → per-layer quantization →
+//! blob, with progress bars, a final table and a JSON report.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use nq_host::quant::calib::{sample_windows, tokenize_files, CalibOptions};
+use nq_host::quant::export::{build_blob, EmbedFormat};
+use nq_host::quant::factor::{AdmmOptions, Method};
+use nq_host::quant::pipeline::{quantize_linears, LayerReport, QuantizeOptions};
+use nq_host::quant::stats::{collect, StatsOptions};
+use serde::Serialize;
+
+/// Recipe sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Preset {
+    /// Small enough for a laptop CPU: minutes for a 135M model.
+    Cpu,
+    /// The paper's recipe: 128 × 2048 calibration tokens, 400 ADMM iterations.
+    Paper,
+}
+
+impl Preset {
+    fn calib_windows(self) -> usize {
+        match self {
+            Preset::Cpu => 32,
+            Preset::Paper => 128,
+        }
+    }
+    fn calib_len(self) -> usize {
+        match self {
+            Preset::Cpu => 512,
+            Preset::Paper => 2048,
+        }
+    }
+    fn admm_iters(self) -> usize {
+        match self {
+            Preset::Cpu => 100,
+            Preset::Paper => 400,
+        }
+    }
+}
+
+/// Where the numerics run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Device {
+    /// CUDA when usable, else the CPU.
+    Auto,
+    /// All CPU cores.
+    Cpu,
+    /// An NVIDIA GPU.
+    Cuda,
+}
+
+#[derive(clap::Args)]
+pub struct QuantizeArgs {
+    /// GGUF file or Hugging Face directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Target bits per weight of the decoder linears (scales counted).
+    #[arg(long)]
+    bpw: f64,
+    /// Calibration text file(s); never the evaluation text.
+    #[arg(long, num_args = 1.., required = true)]
+    calib: Vec<PathBuf>,
+    /// Output blob (.nqb); written atomically.
+    #[arg(long)]
+    out: PathBuf,
+    /// Quantization method.
+    #[arg(long, value_enum, default_value_t = Method::NanoQuant)]
+    method: Method,
+    /// Recipe size (calibration windows and length, ADMM iterations).
+    #[arg(long, value_enum, default_value_t = Preset::Cpu)]
+    preset: Preset,
+    /// Calibration windows (default: from the preset).
+    #[arg(long)]
+    calib_windows: Option<usize>,
+    /// Calibration window length in tokens (default: from the preset).
+    #[arg(long)]
+    calib_len: Option<usize>,
+    /// ADMM iterations (default: from the preset).
+    #[arg(long)]
+    admm_iters: Option<usize>,
+    /// Ranks are rounded down to a multiple of this.
+    #[arg(long, default_value_t = 32)]
+    rank_multiple: usize,
+    /// Shrinkage γ of the statistics toward their mean.
+    #[arg(long, default_value_t = 0.2)]
+    shrinkage: f32,
+    /// Storage of the token embedding (and an untied head).
+    #[arg(long, value_enum, default_value_t = EmbedFormat::F16)]
+    embed: EmbedFormat,
+    /// Do not store tokenizer.json in the blob.
+    #[arg(long)]
+    no_tokenizer: bool,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seed of calibration sampling and ADMM initialization.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write a JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    model: String,
+    method: Method,
+    preset: Preset,
+    target_bpw: f64,
+    calib_files: Vec<String>,
+    calib_windows: usize,
+    calib_len: usize,
+    admm_iters: usize,
+    rank_multiple: usize,
+    shrinkage: f32,
+    seed: u64,
+    embed: EmbedFormat,
+    threads: usize,
+    calib_loss: f64,
+    stats_seconds: f64,
+    quantize_seconds: f64,
+    total_seconds: f64,
+    peak_rss_bytes: Option<u64>,
+    decoder_linear_bpw: f64,
+    mean_weighted_rel_error: f64,
+    file_bytes: usize,
+    file_bpw: f64,
+    layers: &'a [LayerReport],
+}
+
+/// Fails early, before minutes of work, when `out` cannot be written.
+fn check_writable(out: &Path) -> anyhow::Result<()> {
+    if out.is_dir() {
+        bail!("{} is a directory", out.display());
+    }
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write to {}", dir.display()))?;
+    Ok(())
+}
+
+fn bar(len: u64, quiet: bool, what: &str) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    b.set_prefix(what.to_string());
+    b
+}
+
+pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    if !a.bpw.is_finite() || a.bpw <= 0.0 || a.bpw >= 16.0 {
+        bail!("--bpw must be in (0, 16), got {}", a.bpw);
+    }
+    if a.rank_multiple == 0 {
+        bail!("--rank-multiple must be at least 1 (ranks below 1 are impossible)");
+    }
+    if !(0.0..=1.0).contains(&a.shrinkage) {
+        bail!("--shrinkage must be in [0, 1], got {}", a.shrinkage);
+    }
+    let admm_iters = a.admm_iters.unwrap_or(a.preset.admm_iters());
+    if admm_iters == 0 && a.method == Method::NanoQuant {
+        bail!("--admm-iters must be at least 1");
+    }
+    match a.device {
+        Device::Cuda => bail!(
+            "the CUDA quantizer is not built yet (nq-host devices lists GPUs); use --device cpu"
+        ),
+        Device::Auto | Device::Cpu => {}
+    }
+    super::set_threads(a.threads)?;
+    check_writable(&a.out)?;
+    for f in &a.calib {
+        if !f.is_file() {
+            bail!("calibration text {} not found", f.display());
+        }
+    }
+
+    let loaded = nq_host::source::load(&a.model)?;
+    let w = &loaded.weights;
+    let Some(tokenizer) = &loaded.tokenizer else {
+        bail!("{} has no tokenizer (tokenizer.json)", a.model.display());
+    };
+    let calib = CalibOptions {
+        windows: a.calib_windows.unwrap_or(a.preset.calib_windows()),
+        len: a.calib_len.unwrap_or(a.preset.calib_len()),
+        seed: a.seed,
+    };
+    let ids = tokenize_files(tokenizer, &a.calib)?;
+    let windows = sample_windows(&ids, &calib)?;
+
+    // Statistics.
+    let t0 = Instant::now();
+    let pb = bar(windows.len() as u64, a.quiet, "statistics");
+    pb.set_message("windows");
+    let stats_opts = StatsOptions {
+        shrinkage: a.shrinkage,
+        ..StatsOptions::default()
+    };
+    let stats = collect(w, &windows, &stats_opts, |done, _| {
+        pb.set_position(done as u64)
+    })?;
+    pb.finish_and_clear();
+    let stats_seconds = t0.elapsed().as_secs_f64();
+    if !a.quiet {
+        eprintln!(
+            "statistics: {} windows × {} tokens, calibration loss {:.4}, {:.1} s",
+            windows.len(),
+            calib.len,
+            stats.mean_loss,
+            stats_seconds
+        );
+    }
+
+    // Layers.
+    let t1 = Instant::now();
+    let n_linears = w.layers.len() * 7;
+    let pb = bar(n_linears as u64, a.quiet, "quantize");
+    let opts = QuantizeOptions {
+        method: a.method,
+        bpw: a.bpw,
+        rank_multiple: a.rank_multiple,
+        admm: AdmmOptions {
+            iters: admm_iters,
+            seed: a.seed,
+            ..AdmmOptions::default()
+        },
+    };
+    let q = quantize_linears(w, Some(&stats), &opts, |r| {
+        pb.set_message(r.name.clone());
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    let quantize_seconds = t1.elapsed().as_secs_f64();
+
+    let tokenizer_json = if a.no_tokenizer {
+        None
+    } else {
+        Some(tokenizer.to_json_string()?.into_bytes())
+    };
+    let builder = build_blob(w, q.payloads, a.embed, tokenizer_json)?;
+    let bytes = builder.to_bytes()?;
+    nq_host::write_atomic(&a.out, &bytes)
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+
+    let (bits, weights) = q.reports.iter().fold((0u64, 0u64), |(b, n), r| {
+        (b + r.bits, n + (r.m * r.n) as u64)
+    });
+    let n_params = w.n_params() as f64;
+    let mean_err =
+        q.reports.iter().map(|r| r.weighted_rel_error).sum::<f64>() / q.reports.len() as f64;
+    print_table(&q.reports);
+    let report = Report {
+        model: a.model.display().to_string(),
+        method: a.method,
+        preset: a.preset,
+        target_bpw: a.bpw,
+        calib_files: a.calib.iter().map(|p| p.display().to_string()).collect(),
+        calib_windows: calib.windows,
+        calib_len: calib.len,
+        admm_iters,
+        rank_multiple: a.rank_multiple,
+        shrinkage: a.shrinkage,
+        seed: a.seed,
+        embed: a.embed,
+        threads: rayon::current_num_threads(),
+        calib_loss: stats.mean_loss,
+        stats_seconds,
+        quantize_seconds,
+        total_seconds: start.elapsed().as_secs_f64(),
+        peak_rss_bytes: nq_host::bench::peak_rss_bytes(),
+        decoder_linear_bpw: bits as f64 / weights as f64,
+        mean_weighted_rel_error: mean_err,
+        file_bytes: bytes.len(),
+        file_bpw: bytes.len() as f64 * 8.0 / n_params,
+        layers: &q.reports,
+    };
+    println!(
+        "wrote {}: {} bytes ({:.3} bits per model weight), decoder linears {:.4} bpw, \
+         mean weighted error {:.4}",
+        a.out.display(),
+        report.file_bytes,
+        report.file_bpw,
+        report.decoder_linear_bpw,
+        mean_err
+    );
+    println!(
+        "time: statistics {:.1} s, layers {:.1} s, total {:.1} s{}",
+        stats_seconds,
+        quantize_seconds,
+        report.total_seconds,
+        report
+            .peak_rss_bytes
+            .map(|b| format!(", peak RSS {:.0} MiB", b as f64 / 1048576.0))
+            .unwrap_or_default()
+    );
+    if let Some(path) = &a.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        nq_host::write_atomic(path, json.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_table(reports: &[LayerReport]) {
+    println!(
+        "{:<22} {:>11} {:>6} {:>7} {:>10} {:>8}",
+        "layer", "shape", "rank", "bpw", "w. error", "seconds"
+    );
+    for r in reports {
+        println!(
+            "{:<22} {:>11} {:>6} {:>7.4} {:>10.4} {:>8.2}",
+            r.name,
+            format!("{}x{}", r.m, r.n),
+            r.rank
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "full".into()),
+            r.bpw,
+            r.weighted_rel_error,
+            r.seconds
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! The quantizer: calibration windows, statistics, binary factorization of
+//! every decoder linear, export to a blob (and back).
+
+pub mod calib;
+pub mod export;
+pub mod factor;
+pub mod pipeline;
+pub mod stats;

@@ -1,0 +1,218 @@
+//! Opening whatever checkpoint a user points the CLI at.
+//!
+//! `--model PATH` may be a GGUF file or a Hugging Face directory
+//! (`config.json`, `*.safetensors`, `tokenizer.json`). The kind is decided by
+//! content, not by file name: a directory is a Hugging Face checkpoint, a file
+//! starting with the GGUF magic is GGUF, a file starting with the blob magic
+//! is a nanoquant blob (read back as f32 weights, see
+//! [`crate::quant::export::dequantize_blob`]).
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use crate::gguf::{GgufError, GgufFile};
+use crate::model::hf::{self, HfError};
+use crate::model::load_gguf::{load_gguf_file, LoadError};
+use crate::model::ModelWeights;
+use crate::quant::export;
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// What kind of checkpoint a path holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A GGUF v3 file.
+    Gguf,
+    /// A Hugging Face style directory.
+    HfDir,
+    /// A nanoquant `.nqb` blob.
+    Blob,
+}
+
+impl SourceKind {
+    /// Short human name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Gguf => "GGUF",
+            SourceKind::HfDir => "Hugging Face directory",
+            SourceKind::Blob => "nanoquant blob",
+        }
+    }
+}
+
+/// Why a checkpoint could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The path does not exist or cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is neither GGUF nor a blob.
+    #[error("{0}: not a GGUF file, nanoquant blob or Hugging Face directory")]
+    Unknown(PathBuf),
+    /// GGUF parse errors.
+    #[error("{path}: {source}")]
+    Gguf {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: GgufError,
+    },
+    /// GGUF model errors.
+    #[error("{path}: {source}")]
+    GgufModel {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: LoadError,
+    },
+    /// Hugging Face directory errors.
+    #[error("{path}: {source}")]
+    Hf {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: HfError,
+    },
+    /// Blob errors.
+    #[error("{path}: {source}")]
+    Blob {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: export::DequantError,
+    },
+    /// Tokenizer errors.
+    #[error("{path}: tokenizer: {source}")]
+    Tokenizer {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: TokenizerError,
+    },
+}
+
+/// Decides what `path` holds by looking at it.
+pub fn detect(path: &Path) -> Result<SourceKind, SourceError> {
+    let io = |source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_dir() {
+        return Ok(SourceKind::HfDir);
+    }
+    let mut head = [0u8; 8];
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]).map_err(io)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    if n >= 4 && &head[..4] == b"GGUF" {
+        Ok(SourceKind::Gguf)
+    } else if n == 8 && head == nq_core::blob::format::MAGIC {
+        Ok(SourceKind::Blob)
+    } else {
+        Err(SourceError::Unknown(path.to_path_buf()))
+    }
+}
+
+/// A full-precision model with its tokenizer.
+pub struct Loaded {
+    /// The weights, validated.
+    pub weights: ModelWeights,
+    /// The tokenizer shipped with the checkpoint, if any.
+    pub tokenizer: Option<Tokenizer>,
+    /// What the path held.
+    pub kind: SourceKind,
+}
+
+/// Loads a GGUF file, a Hugging Face directory or a blob as f32 weights plus
+/// its tokenizer (`tokenizer.json` in a directory is optional; its absence is not
+/// an error, a broken one is).
+pub fn load(path: &Path) -> Result<Loaded, SourceError> {
+    let p = || path.to_path_buf();
+    match detect(path)? {
+        SourceKind::Gguf => {
+            let file =
+                GgufFile::open(path).map_err(|source| SourceError::Gguf { path: p(), source })?;
+            let weights = load_gguf_file(&file)
+                .map_err(|source| SourceError::GgufModel { path: p(), source })?;
+            let tokenizer = Tokenizer::from_gguf(&file)
+                .map_err(|source| SourceError::Tokenizer { path: p(), source })?;
+            Ok(Loaded {
+                weights,
+                tokenizer: Some(tokenizer),
+                kind: SourceKind::Gguf,
+            })
+        }
+        SourceKind::HfDir => {
+            let weights =
+                hf::load_hf_dir(path).map_err(|source| SourceError::Hf { path: p(), source })?;
+            let tj = path.join("tokenizer.json");
+            let tokenizer = if tj.is_file() {
+                Some(
+                    Tokenizer::from_tokenizer_json(&tj)
+                        .map_err(|source| SourceError::Tokenizer { path: tj, source })?
+                        .with_special_ids(weights.config.bos_id, weights.config.eos_id),
+                )
+            } else {
+                None
+            };
+            Ok(Loaded {
+                weights,
+                tokenizer,
+                kind: SourceKind::HfDir,
+            })
+        }
+        SourceKind::Blob => load_blob(path),
+    }
+}
+
+fn load_blob(path: &Path) -> Result<Loaded, SourceError> {
+    let p = || path.to_path_buf();
+    let bytes = std::fs::read(path).map_err(|source| SourceError::Io { path: p(), source })?;
+    let blob_err = |source| SourceError::Blob { path: p(), source };
+    let view = nq_core::Blob::parse(&bytes).map_err(|e| blob_err(e.into()))?;
+    view.verify().map_err(|e| blob_err(e.into()))?;
+    let weights = export::dequantize_blob(&view).map_err(blob_err)?;
+    let tokenizer = match export::blob_tokenizer_json(&view).map_err(|e| blob_err(e.into()))? {
+        Some(json) => Some(
+            Tokenizer::from_json_bytes(json)
+                .map_err(|source| SourceError::Tokenizer { path: p(), source })?
+                .with_special_ids(weights.config.bos_id, weights.config.eos_id),
+        ),
+        None => None,
+    };
+    Ok(Loaded {
+        weights,
+        tokenizer,
+        kind: SourceKind::Blob,
+    })
+}
+
+/// Loads a tokenizer on its own: a `tokenizer.json`, a GGUF file or a
+/// directory holding `tokenizer.json`.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, SourceError> {
+    let p = || path.to_path_buf();
+    let meta = std::fs::metadata(path).map_err(|source| SourceError::Io { path: p(), source })?;
+    if meta.is_dir() {
+        let tj = path.join("tokenizer.json");
+        return Tokenizer::from_tokenizer_json(&tj)
+            .map_err(|source| SourceError::Tokenizer { path: tj, source });
+    }
+    if matches!(detect(path), Ok(SourceKind::Gguf)) {
+        let file =
+            GgufFile::open(path).map_err(|source| SourceError::Gguf { path: p(), source })?;
+        return Tokenizer::from_gguf(&file)
+            .map_err(|source| SourceError::Tokenizer { path: p(), source });
+    }
+    Tokenizer::from_tokenizer_json(path)
+        .map_err(|source| SourceError::Tokenizer { path: p(), source })
+}

@@ -1,0 +1,31 @@
+//! Shared by the integration tests that need the EVAL.md assets.
+
+use std::path::PathBuf;
+
+/// The repository root.
+#[allow(dead_code)]
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `assets/NAME` if it exists. Without it the caller skips, saying so on
+/// stderr — unless `NQ_REQUIRE_ASSETS` is set (scripts/test.sh sets it after
+/// fetching), where a missing asset fails the test instead of hiding it.
+#[allow(dead_code)]
+pub fn asset(name: &str) -> Option<PathBuf> {
+    let p = workspace().join("assets").join(name);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var_os("NQ_REQUIRE_ASSETS").is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!(
+            "{} is missing and NQ_REQUIRE_ASSETS is set (run scripts/fetch-assets.sh)",
+            p.display()
+        );
+    }
+    eprintln!(
+        "SKIP: {} not found (run scripts/fetch-assets.sh)",
+        p.display()
+    );
+    None
+}
