@@ -43,63 +43,63 @@ impl SourceKind {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The path does not exist or cannot be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The path.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is neither GGUF nor a blob.
     #[error("{0}: not a GGUF file, nanoquant blob or Hugging Face directory")]
     Unknown(PathBuf),
     /// GGUF parse errors.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Gguf {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: GgufError,
+        error: GgufError,
     },
     /// GGUF model errors.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     GgufModel {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: LoadError,
+        error: LoadError,
     },
     /// Hugging Face directory errors.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Hf {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: HfError,
+        error: HfError,
     },
     /// Blob errors.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Blob {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: export::DequantError,
+        error: export::DequantError,
     },
     /// Tokenizer errors.
-    #[error("{path}: tokenizer: {source}")]
+    #[error("{path}: tokenizer: {error}")]
     Tokenizer {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: TokenizerError,
+        error: TokenizerError,
     },
 }
 
 /// Decides what `path` holds by looking at it.
 pub fn detect(path: &Path) -> Result<SourceKind, SourceError> {
-    let io = |source| SourceError::Io {
+    let io = |error| SourceError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.is_dir() {
@@ -141,11 +141,11 @@ pub fn load(path: &Path) -> Result<Loaded, SourceError> {
     match detect(path)? {
         SourceKind::Gguf => {
             let file =
-                GgufFile::open(path).map_err(|source| SourceError::Gguf { path: p(), source })?;
+                GgufFile::open(path).map_err(|error| SourceError::Gguf { path: p(), error })?;
             let weights = load_gguf_file(&file)
-                .map_err(|source| SourceError::GgufModel { path: p(), source })?;
+                .map_err(|error| SourceError::GgufModel { path: p(), error })?;
             let tokenizer = Tokenizer::from_gguf(&file)
-                .map_err(|source| SourceError::Tokenizer { path: p(), source })?;
+                .map_err(|error| SourceError::Tokenizer { path: p(), error })?;
             Ok(Loaded {
                 weights,
                 tokenizer: Some(tokenizer),
@@ -154,12 +154,12 @@ pub fn load(path: &Path) -> Result<Loaded, SourceError> {
         }
         SourceKind::HfDir => {
             let weights =
-                hf::load_hf_dir(path).map_err(|source| SourceError::Hf { path: p(), source })?;
+                hf::load_hf_dir(path).map_err(|error| SourceError::Hf { path: p(), error })?;
             let tj = path.join("tokenizer.json");
             let tokenizer = if tj.is_file() {
                 Some(
                     Tokenizer::from_tokenizer_json(&tj)
-                        .map_err(|source| SourceError::Tokenizer { path: tj, source })?
+                        .map_err(|error| SourceError::Tokenizer { path: tj, error })?
                         .with_special_ids(weights.config.bos_id, weights.config.eos_id),
                 )
             } else {
@@ -177,15 +177,15 @@ pub fn load(path: &Path) -> Result<Loaded, SourceError> {
 
 fn load_blob(path: &Path) -> Result<Loaded, SourceError> {
     let p = || path.to_path_buf();
-    let bytes = std::fs::read(path).map_err(|source| SourceError::Io { path: p(), source })?;
-    let blob_err = |source| SourceError::Blob { path: p(), source };
+    let bytes = std::fs::read(path).map_err(|error| SourceError::Io { path: p(), error })?;
+    let blob_err = |error| SourceError::Blob { path: p(), error };
     let view = nq_core::Blob::parse(&bytes).map_err(|e| blob_err(e.into()))?;
     view.verify().map_err(|e| blob_err(e.into()))?;
     let weights = export::dequantize_blob(&view).map_err(blob_err)?;
     let tokenizer = match export::blob_tokenizer_json(&view).map_err(|e| blob_err(e.into()))? {
         Some(json) => Some(
             Tokenizer::from_json_bytes(json)
-                .map_err(|source| SourceError::Tokenizer { path: p(), source })?
+                .map_err(|error| SourceError::Tokenizer { path: p(), error })?
                 .with_special_ids(weights.config.bos_id, weights.config.eos_id),
         ),
         None => None,
@@ -201,18 +201,17 @@ fn load_blob(path: &Path) -> Result<Loaded, SourceError> {
 /// directory holding `tokenizer.json`.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, SourceError> {
     let p = || path.to_path_buf();
-    let meta = std::fs::metadata(path).map_err(|source| SourceError::Io { path: p(), source })?;
+    let meta = std::fs::metadata(path).map_err(|error| SourceError::Io { path: p(), error })?;
     if meta.is_dir() {
         let tj = path.join("tokenizer.json");
         return Tokenizer::from_tokenizer_json(&tj)
-            .map_err(|source| SourceError::Tokenizer { path: tj, source });
+            .map_err(|error| SourceError::Tokenizer { path: tj, error });
     }
     if matches!(detect(path), Ok(SourceKind::Gguf)) {
-        let file =
-            GgufFile::open(path).map_err(|source| SourceError::Gguf { path: p(), source })?;
+        let file = GgufFile::open(path).map_err(|error| SourceError::Gguf { path: p(), error })?;
         return Tokenizer::from_gguf(&file)
-            .map_err(|source| SourceError::Tokenizer { path: p(), source });
+            .map_err(|error| SourceError::Tokenizer { path: p(), error });
     }
     Tokenizer::from_tokenizer_json(path)
-        .map_err(|source| SourceError::Tokenizer { path: p(), source })
+        .map_err(|error| SourceError::Tokenizer { path: p(), error })
 }

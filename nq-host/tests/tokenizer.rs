@@ -17,26 +17,7 @@ use nq_host::tokenizer::{
 
 /// GPT-2's `bytes_to_unicode()`, written out independently of the crate:
 /// the character that spells each byte.
-fn gpt2_byte_chars() -> Vec<char> {
-    let mut bytes: Vec<u32> = (0x21..=0x7E)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut chars = bytes.clone();
-    let mut n = 0;
-    for b in 0..256 {
-        if !bytes.contains(&b) {
-            bytes.push(b);
-            chars.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut out = vec!['\0'; 256];
-    for (&b, &c) in bytes.iter().zip(&chars) {
-        out[b as usize] = char::from_u32(c).unwrap();
-    }
-    out
-}
+use common::gpt2_byte_chars;
 
 /// A control token (id 0), one token per byte (ids 1..=256, byte order) and
 /// four merges: `a b` ranks before `Ġ ab`, which ranks before `ab c`.

@@ -9,7 +9,7 @@ use nq_host::quant::calib::{sample_windows, tokenize_files, CalibOptions};
 use nq_host::quant::export::{build_blob, EmbedFormat};
 use nq_host::quant::factor::{AdmmOptions, Method};
 use nq_host::quant::pipeline::{quantize_linears, LayerReport, QuantizeOptions};
-use nq_host::quant::stats::{collect, StatsOptions};
+use nq_host::quant::stats::{collect, ModelStats, StatsOptions};
 use serde::Serialize;
 
 /// Recipe sizes.
@@ -103,6 +103,10 @@ pub struct QuantizeArgs {
     /// Seed of calibration sampling and ADMM initialization.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Statistics cache: reused when it was made from the same model,
+    /// calibration and options, else computed and written there.
+    #[arg(long)]
+    stats: Option<PathBuf>,
     /// Write a JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -127,6 +131,7 @@ struct Report<'a> {
     embed: EmbedFormat,
     threads: usize,
     calib_loss: f64,
+    stats_cached: bool,
     stats_seconds: f64,
     quantize_seconds: f64,
     total_seconds: f64,
@@ -212,20 +217,45 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
 
     // Statistics.
     let t0 = Instant::now();
-    let pb = bar(windows.len() as u64, a.quiet, "statistics");
-    pb.set_message("windows");
     let stats_opts = StatsOptions {
         shrinkage: a.shrinkage,
         ..StatsOptions::default()
     };
-    let stats = collect(w, &windows, &stats_opts, |done, _| {
-        pb.set_position(done as u64)
-    })?;
-    pb.finish_and_clear();
+    let key = format!(
+        "model={} calib={:?} windows={} len={} seed={} opts={:?}",
+        std::fs::canonicalize(&a.model)?.display(),
+        a.calib,
+        calib.windows,
+        calib.len,
+        calib.seed,
+        stats_opts
+    );
+    let cached = match &a.stats {
+        Some(p) => ModelStats::load(p, &key)?,
+        None => None,
+    };
+    let from_cache = cached.is_some();
+    let stats = match cached {
+        Some(s) => s,
+        None => {
+            let pb = bar(windows.len() as u64, a.quiet, "statistics");
+            pb.set_message("windows");
+            let s = collect(w, &windows, &stats_opts, |done, _| {
+                pb.set_position(done as u64)
+            })?;
+            pb.finish_and_clear();
+            if let Some(p) = &a.stats {
+                s.save(p, &key)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+            }
+            s
+        }
+    };
     let stats_seconds = t0.elapsed().as_secs_f64();
     if !a.quiet {
         eprintln!(
-            "statistics: {} windows × {} tokens, calibration loss {:.4}, {:.1} s",
+            "statistics{}: {} windows × {} tokens, calibration loss {:.4}, {:.1} s",
+            if from_cache { " (cached)" } else { "" },
             windows.len(),
             calib.len,
             stats.mean_loss,
@@ -286,6 +316,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         embed: a.embed,
         threads: rayon::current_num_threads(),
         calib_loss: stats.mean_loss,
+        stats_cached: from_cache,
         stats_seconds,
         quantize_seconds,
         total_seconds: start.elapsed().as_secs_f64(),

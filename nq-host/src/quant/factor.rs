@@ -109,7 +109,7 @@ pub enum FactorError {
 }
 
 /// Diagonal second-moment statistics of one linear layer (DESIGN.md §3).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerEnergies {
     /// Mean squared input activation per input channel (`n`, ≥ 0).
     pub input: Vec<f32>,

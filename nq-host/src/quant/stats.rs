@@ -14,6 +14,8 @@
 //! shrunk toward their mean, `d ← (1 − γ)·d + γ·mean(d)`, and the output
 //! energies are multiplied by [`StatsOptions::output_scale`] for range.
 
+use std::path::Path;
+
 use rayon::prelude::*;
 
 use super::factor::LayerEnergies;
@@ -44,7 +46,7 @@ impl Default for StatsOptions {
 }
 
 /// Statistics of every decoder linear: `layers[block][LinearId::index]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ModelStats {
     /// Per block, per linear (in [`LinearId::ALL`] order).
     pub layers: Vec<Vec<LayerEnergies>>,
@@ -59,6 +61,40 @@ impl ModelStats {
     pub fn get(&self, block: usize, id: LinearId) -> &LayerEnergies {
         &self.layers[block][id as usize]
     }
+
+    /// Writes the statistics with `key` (a description of everything they
+    /// depend on) as JSON, atomically.
+    pub fn save(&self, path: &Path, key: &str) -> std::io::Result<()> {
+        let file = CachedStats {
+            key: key.to_string(),
+            stats: self.clone(),
+        };
+        let json = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
+        crate::blob_writer::write_atomic(path, &json).map_err(std::io::Error::other)
+    }
+
+    /// Reads statistics saved by [`save`](Self::save) if the file exists and
+    /// its key is `key`; `Ok(None)` when absent or made from other inputs.
+    pub fn load(path: &Path, key: &str) -> std::io::Result<Option<Self>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let file: CachedStats = serde_json::from_slice(&bytes).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not a statistics file: {e}", path.display()),
+            )
+        })?;
+        Ok((file.key == key).then_some(file.stats))
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedStats {
+    key: String,
+    stats: ModelStats,
 }
 
 /// Running sums of clipped squared token vectors at one site.

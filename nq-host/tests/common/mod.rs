@@ -29,3 +29,26 @@ pub fn asset(name: &str) -> Option<PathBuf> {
     );
     None
 }
+
+/// GPT-2's byte → printable character table (the byte-level BPE alphabet).
+#[allow(dead_code)]
+pub fn gpt2_byte_chars() -> Vec<char> {
+    let mut bytes: Vec<u32> = (0x21..=0x7E)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars = bytes.clone();
+    let mut n = 0;
+    for b in 0..256 {
+        if !bytes.contains(&b) {
+            bytes.push(b);
+            chars.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut out = vec!['\0'; 256];
+    for (&b, &c) in bytes.iter().zip(&chars) {
+        out[b as usize] = char::from_u32(c).unwrap();
+    }
+    out
+}
