@@ -9,6 +9,7 @@ use nq_host::quant::calib::{sample_windows, tokenize_files, CalibOptions};
 use nq_host::quant::export::{build_blob, EmbedFormat};
 use nq_host::quant::factor::{AdmmOptions, Method};
 use nq_host::quant::pipeline::{quantize_linears, LayerReport, QuantizeOptions};
+use nq_host::quant::recon::{reconstruct, BlockReport, ReconOptions};
 use nq_host::quant::stats::{collect, ModelStats, StatsOptions};
 use serde::Serialize;
 
@@ -34,12 +35,35 @@ impl Preset {
             Preset::Paper => 2048,
         }
     }
+    fn recon_windows(self) -> usize {
+        match self {
+            Preset::Cpu => 8,
+            Preset::Paper => 128,
+        }
+    }
+    fn epochs(self) -> usize {
+        match self {
+            Preset::Cpu => 1,
+            Preset::Paper => 8,
+        }
+    }
     fn admm_iters(self) -> usize {
         match self {
             Preset::Cpu => 100,
             Preset::Paper => 400,
         }
     }
+}
+
+/// How much of the NanoQuant recipe runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recipe {
+    /// ADMM initialization only, every layer independently.
+    AdmmOnly,
+    /// ADMM plus block reconstruction (error compensation and
+    /// straight-through training), block by block.
+    Full,
 }
 
 /// Where the numerics run.
@@ -82,6 +106,28 @@ pub struct QuantizeArgs {
     /// ADMM iterations (default: from the preset).
     #[arg(long)]
     admm_iters: Option<usize>,
+    /// ADMM only, or ADMM + block reconstruction (nanoquant).
+    #[arg(long, value_enum, default_value_t = Recipe::Full)]
+    recipe: Recipe,
+    /// Calibration windows used for block reconstruction (the first N;
+    /// default: from the preset).
+    #[arg(long)]
+    recon_windows: Option<usize>,
+    /// Error-compensation epochs per linear (default: from the preset).
+    #[arg(long)]
+    comp_epochs: Option<usize>,
+    /// Straight-through epochs per linear (default: from the preset).
+    #[arg(long)]
+    ste_epochs: Option<usize>,
+    /// Peak AdamW learning rate of error compensation.
+    #[arg(long, default_value_t = 1e-3)]
+    comp_lr: f32,
+    /// Peak AdamW learning rate of the sign latents.
+    #[arg(long, default_value_t = 3e-3)]
+    latent_lr: f32,
+    /// Peak AdamW learning rate of the scales.
+    #[arg(long, default_value_t = 3e-3)]
+    scale_lr: f32,
     /// Ranks are rounded down to a multiple of this.
     #[arg(long, default_value_t = 32)]
     rank_multiple: usize,
@@ -120,6 +166,10 @@ struct Report<'a> {
     model: String,
     method: Method,
     preset: Preset,
+    recipe: &'static str,
+    recon: Option<ReconOptions>,
+    recon_windows: usize,
+    blocks: &'a [BlockReport],
     target_bpw: f64,
     calib_files: Vec<String>,
     calib_windows: usize,
@@ -277,10 +327,78 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             ..AdmmOptions::default()
         },
     };
-    let q = quantize_linears(w, Some(&stats), &opts, |r| {
-        pb.set_message(r.name.clone());
-        pb.inc(1);
-    })?;
+    let full = a.recipe == Recipe::Full && a.method == Method::NanoQuant;
+    let recon = ReconOptions {
+        comp_epochs: a.comp_epochs.unwrap_or(a.preset.epochs()),
+        ste_epochs: a.ste_epochs.unwrap_or(a.preset.epochs()),
+        comp_lr: a.comp_lr,
+        latent_lr: a.latent_lr,
+        scale_lr: a.scale_lr,
+        weight_decay: 0.0,
+    };
+    let recon_windows = a
+        .recon_windows
+        .unwrap_or(a.preset.recon_windows())
+        .min(windows.len());
+    if full && recon_windows == 0 {
+        bail!("--recon-windows must be at least 1");
+    }
+    if !a.quiet {
+        eprintln!(
+            "settings: method {:?}, recipe {}, preset {:?}, {} bpw (rank multiple {}), \
+             calibration {} × {} tokens, ADMM {} iterations{}",
+            a.method,
+            if full { "full" } else { "admm-only" },
+            a.preset,
+            a.bpw,
+            a.rank_multiple,
+            calib.windows,
+            calib.len,
+            admm_iters,
+            if full {
+                format!(
+                    ", reconstruction on {} windows: {} + {} epochs, lr {:e}/{:e}/{:e}",
+                    recon_windows,
+                    recon.comp_epochs,
+                    recon.ste_epochs,
+                    recon.comp_lr,
+                    recon.latent_lr,
+                    recon.scale_lr
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    let (q, blocks) = if full {
+        let bb = bar(w.layers.len() as u64, a.quiet, "blocks");
+        let (q, blocks) = reconstruct(
+            w,
+            &stats,
+            &windows[..recon_windows],
+            &opts,
+            &recon,
+            &|r| {
+                pb.set_message(r.name.clone());
+                pb.inc(1);
+            },
+            |br| {
+                bb.set_message(format!(
+                    "block {} output error {:.4}",
+                    br.block, br.rel_output_error
+                ));
+                bb.inc(1);
+            },
+        )?;
+        bb.finish_and_clear();
+        (q, blocks)
+    } else {
+        let q = quantize_linears(w, Some(&stats), &opts, |r| {
+            pb.set_message(r.name.clone());
+            pb.inc(1);
+        })?;
+        (q, Vec::new())
+    };
     pb.finish_and_clear();
     let quantize_seconds = t1.elapsed().as_secs_f64();
 
@@ -305,6 +423,10 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         model: a.model.display().to_string(),
         method: a.method,
         preset: a.preset,
+        recipe: if full { "full" } else { "admm-only" },
+        recon: full.then_some(recon),
+        recon_windows: if full { recon_windows } else { 0 },
+        blocks: &blocks,
         target_bpw: a.bpw,
         calib_files: a.calib.iter().map(|p| p.display().to_string()).collect(),
         calib_windows: calib.windows,

@@ -1,8 +1,10 @@
 //! The quantizer: calibration windows, statistics, binary factorization of
 //! every decoder linear, export to a blob (and back).
 
+pub mod align;
 pub mod calib;
 pub mod export;
 pub mod factor;
 pub mod pipeline;
+pub mod recon;
 pub mod stats;

@@ -59,7 +59,7 @@ pub struct QuantizedLinears {
 }
 
 /// Per-layer ADMM seed: independent of the order layers are processed in.
-fn layer_seed(seed: u64, block: usize, id: LinearId) -> u64 {
+pub(crate) fn layer_seed(seed: u64, block: usize, id: LinearId) -> u64 {
     seed ^ ((block as u64) << 8 | id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
