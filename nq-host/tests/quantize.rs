@@ -192,6 +192,7 @@ fn every_method_quantizes_and_exports() {
         ("svd-sign", "factorized"),
         ("sign", "binary"),
         ("arb-rc", "binary"),
+        ("arb-oa", "binary"),
     ] {
         let out = dir.path().join(format!("{method}.nqb"));
         ok(&quantize(&model, &calib, &out, &["--method", method]));

@@ -9,7 +9,7 @@ use nq_host::quant::calib::{sample_windows, tokenize_files, CalibOptions};
 use nq_host::quant::export::{build_blob, EmbedFormat};
 use nq_host::quant::factor::{AdmmOptions, Method};
 use nq_host::quant::pipeline::{quantize_linears, LayerReport, QuantizeOptions};
-use nq_host::quant::recon::{reconstruct, BlockReport, ReconOptions};
+use nq_host::quant::recon::{output_aligned, reconstruct, BlockReport, ReconOptions};
 use nq_host::quant::stats::{collect, ModelStats, StatsOptions};
 use serde::Serialize;
 
@@ -392,6 +392,27 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         )?;
         bb.finish_and_clear();
         (q, blocks)
+    } else if a.method == Method::ArbOa {
+        let bb = bar(w.layers.len() as u64, a.quiet, "blocks");
+        let (q, blocks) = output_aligned(
+            w,
+            &stats,
+            &windows[..recon_windows.max(1)],
+            &opts,
+            &|r| {
+                pb.set_message(r.name.clone());
+                pb.inc(1);
+            },
+            |br| {
+                bb.set_message(format!(
+                    "block {} output error {:.4}",
+                    br.block, br.rel_output_error
+                ));
+                bb.inc(1);
+            },
+        )?;
+        bb.finish_and_clear();
+        (q, blocks)
     } else {
         let q = quantize_linears(w, Some(&stats), &opts, |r| {
             pb.set_message(r.name.clone());
@@ -423,9 +444,19 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         model: a.model.display().to_string(),
         method: a.method,
         preset: a.preset,
-        recipe: if full { "full" } else { "admm-only" },
+        recipe: if full {
+            "full"
+        } else if a.method == Method::ArbOa {
+            "output-aligned"
+        } else {
+            "admm-only"
+        },
         recon: full.then_some(recon),
-        recon_windows: if full { recon_windows } else { 0 },
+        recon_windows: if full || a.method == Method::ArbOa {
+            recon_windows
+        } else {
+            0
+        },
         blocks: &blocks,
         target_bpw: a.bpw,
         calib_files: a.calib.iter().map(|p| p.display().to_string()).collect(),

@@ -202,6 +202,13 @@ pub enum Method {
     /// Full-rank signs with alternating row/column scales (ARB-RC form).
     #[value(name = "arb-rc")]
     ArbRc,
+    /// ARB-RC layers whose last projection of each block is fitted to the
+    /// FP block's output (arXiv 2512.21651; see [`super::align`]). Layer by
+    /// layer, [`quantize_linear`] treats it as [`Method::ArbRc`]: the output
+    /// alignment needs the block streams and runs in
+    /// [`super::recon::output_aligned`].
+    #[value(name = "arb-oa")]
+    ArbOa,
 }
 
 /// One quantized layer.
@@ -305,7 +312,7 @@ pub fn quantize_linear(
             let s_row: Vec<f32> = (0..m).map(|i| mean_abs(w.row(i))).collect();
             export_binary(w, &vec![1.0; n], &s_row, bias16)?
         }
-        Method::ArbRc => {
+        Method::ArbRc | Method::ArbOa => {
             let (s_col, s_row) = arb_rc_scales(w, energies);
             export_binary(w, &s_col, &s_row, bias16)?
         }

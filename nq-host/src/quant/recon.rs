@@ -73,10 +73,9 @@ impl Default for ReconOptions {
 pub struct BlockReport {
     /// Block index.
     pub block: usize,
-    /// Importance-weighted relative output error of the student block on
-    /// the student stream right after all seven ADMM initializations would
-    /// have been applied without training is not computed (it would cost a
-    /// pass); this is the error after reconstruction.
+    /// Importance-weighted relative error of the finished student block's
+    /// output (on the quantized stream) against the FP block's output (on
+    /// the FP stream).
     pub rel_output_error: f64,
     /// Wall time, seconds.
     pub seconds: f64,
@@ -614,4 +613,117 @@ pub enum ReconError {
     /// The model or windows are inconsistent.
     #[error(transparent)]
     Model(#[from] ModelError),
+}
+
+/// ARB-OA over the whole model: every block's q, k, v, o, gate and up are
+/// weight-matched ARB-RC layers; its down projection is fitted by
+/// [`super::align::arb_oa`] so the quantized stream's block output matches
+/// the FP block's (FP inputs `X` vs quantized-stream inputs `X̂` of the down
+/// projection over the calibration `windows`).
+pub fn output_aligned(
+    w: &ModelWeights,
+    stats: &ModelStats,
+    windows: &[Vec<u32>],
+    qopts: &QuantizeOptions,
+    on_layer: &(dyn Fn(&LayerReport) + Sync),
+    mut on_block: impl FnMut(&BlockReport),
+) -> Result<(QuantizedLinears, Vec<BlockReport>), ReconError> {
+    use super::align::{arb_oa, AlignOptions, AlignStats};
+    let t = windows.first().map_or(0, Vec::len);
+    if t < 2 || windows.iter().any(|win| win.len() != t) {
+        return Err(ReconError::Model(ModelError::Config(
+            "output alignment needs windows of one length ≥ 2".into(),
+        )));
+    }
+    let c = &w.config;
+    let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
+    let mut x_fp: Vec<Vec<f32>> = windows
+        .iter()
+        .map(|win| embed(w, win))
+        .collect::<Result<_, _>>()?;
+    let mut x_q = x_fp.clone();
+    let mut payloads = Vec::with_capacity(w.layers.len());
+    let mut reports = Vec::new();
+    let mut blocks = Vec::new();
+    let rc = QuantizeOptions {
+        method: Method::ArbRc,
+        ..*qopts
+    };
+    for (b, fp) in w.layers.iter().enumerate() {
+        let start = std::time::Instant::now();
+        // Weight-matched layers first (all seven; down is replaced below).
+        let mut student = fp.clone();
+        let mut block_payloads = Vec::with_capacity(7);
+        let mut block_reports = Vec::with_capacity(7);
+        for id in LinearId::ALL {
+            let layer_start = std::time::Instant::now();
+            let wt = id.weight(fp);
+            let q = quantize_linear(
+                wt,
+                bias_of(fp, id),
+                stats.get(b, id),
+                rc.method,
+                1,
+                &rc.admm,
+            )?;
+            if id != LinearId::Down {
+                *id.weight_mut(&mut student) = q.dense.clone();
+            }
+            block_reports.push(LayerReport {
+                block: b,
+                name: super::export::linear_name(b, id),
+                m: wt.rows,
+                n: wt.cols,
+                rank: None,
+                bits: q.bits,
+                bpw: q.bits as f64 / (wt.rows * wt.cols) as f64,
+                weighted_rel_error: q.weighted_rel_error,
+                seconds: layer_start.elapsed().as_secs_f64(),
+            });
+            block_payloads.push(q.payload);
+        }
+        // The down projection's inputs on both streams.
+        let d_ffn = c.d_ffn as usize;
+        let mut align = AlignStats::new(d_ffn);
+        let mut ys = Vec::with_capacity(x_fp.len());
+        for (xf, xq) in x_fp.iter().zip(&x_q) {
+            let (mut yf, mut tf) = (xf.clone(), BlockTape::default());
+            block_forward(fp, c, &rope, &mut yf, t, Some(&mut tf));
+            let (mut yq, mut tq) = (xq.clone(), BlockTape::default());
+            block_forward(&student, c, &rope, &mut yq, t, Some(&mut tq));
+            align.add(&tf.act, &tq.act)?;
+            ys.push(yf);
+        }
+        let k = LinearId::Down as usize;
+        let layer_start = std::time::Instant::now();
+        let down = arb_oa(&fp.w_down, &align, None, &AlignOptions::default())?;
+        student.w_down = down.dense.clone();
+        block_reports[k].weighted_rel_error = super::factor::weighted_rel_error(
+            &fp.w_down,
+            &down.dense,
+            stats.get(b, LinearId::Down),
+        );
+        block_reports[k].seconds += layer_start.elapsed().as_secs_f64();
+        block_payloads[k] = down.payload;
+        for r in &block_reports {
+            on_layer(r);
+        }
+        let imp = &stats.get(b, LinearId::Down).output;
+        let rel = rel_error(&student, w, &rope, &x_q, &ys, imp, t);
+        x_q = x_q
+            .iter()
+            .map(|x| run_block(&student, w, &rope, x, t))
+            .collect();
+        x_fp = ys;
+        let br = BlockReport {
+            block: b,
+            rel_output_error: rel,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        on_block(&br);
+        blocks.push(br);
+        payloads.push(block_payloads);
+        reports.extend(block_reports);
+    }
+    Ok((QuantizedLinears { payloads, reports }, blocks))
 }
