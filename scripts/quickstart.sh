@@ -9,7 +9,11 @@
 #   6. print a summary.
 #
 # Environment: BPW (default 1.0), METHOD (nanoquant), PRESET (cpu),
-# WINDOWS (16), OUT (out/), PROMPT.
+# WINDOWS (16), OUT (out/), PROMPT, QUANT_ARGS (extra `nq-host quantize`
+# flags, e.g. "--recipe admm-only" for a fast run without reconstruction).
+#
+# With the cpu preset the quantization takes about 40-60 minutes on a
+# 2-core machine (statistics, ADMM and block reconstruction of 210 layers).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +25,7 @@ PRESET="${PRESET:-cpu}"
 WINDOWS="${WINDOWS:-16}"
 OUT="${OUT:-out}"
 PROMPT="${PROMPT:-Once upon a time, in a small village,}"
+QUANT_ARGS="${QUANT_ARGS:-}"
 MODEL="assets/SmolLM2-135M-Instruct.Q4_1.gguf"
 BLOB="$OUT/smollm2-${METHOD}-${BPW}bpw.nqb"
 
@@ -44,8 +49,9 @@ NQ="$ROOT/target/release/nq-host"
 mkdir -p "$OUT"
 
 say "quantize: $METHOD, $BPW bpw, preset $PRESET"
+# shellcheck disable=SC2086 # QUANT_ARGS is a list of flags
 "$NQ" quantize --model "$MODEL" --bpw "$BPW" --method "$METHOD" --preset "$PRESET" \
-    --calib assets/brown.txt --out "$BLOB" --report "$OUT/report.json"
+    --calib assets/brown.txt --out "$BLOB" --report "$OUT/report.json" ${QUANT_ARGS:-}
 
 say "inspect"
 "$NQ" inspect "$BLOB" | tail -n 4

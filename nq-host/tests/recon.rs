@@ -214,3 +214,35 @@ fn reconstruction_is_deterministic_and_quantizes_every_linear() {
     assert_eq!(names[0], "blk.0.attn_q");
     assert!(a.reports.iter().all(|r| r.weighted_rel_error.is_finite()));
 }
+
+#[test]
+fn model_reconstruction_lowers_the_distillation_loss_and_keeps_signs() {
+    use nq_host::quant::kd::{model_reconstruct, KdOptions};
+    use nq_host::quant::pipeline::quantize_linears;
+    let w = random_model(tiny_config(Arch::Llama), 8);
+    let wins = windows();
+    let stats = collect(&w, &wins, &StatsOptions::default(), |_, _| {}).unwrap();
+    let mut q = quantize_linears(&w, Some(&stats), &qopts(), |_| {}).unwrap();
+    let before = q.payloads.clone();
+    let opts = KdOptions {
+        epochs: 6,
+        lr: 1e-2,
+        top_k: 8,
+    };
+    let r = model_reconstruct(&w, &mut q, &wins, &opts, |_, _| {}).unwrap();
+    assert_eq!(r.loss_per_epoch.len(), 6);
+    let (first, last) = (r.loss_per_epoch[0], *r.loss_per_epoch.last().unwrap());
+    eprintln!("distillation loss: first epoch {first:.4}, last {last:.4}");
+    assert!(last < first, "loss {first} → {last}");
+    let mut scales_moved = false;
+    for (a, b) in before.iter().flatten().zip(q.payloads.iter().flatten()) {
+        let (nq_host::TensorPayload::Factorized(a), nq_host::TensorPayload::Factorized(b)) = (a, b)
+        else {
+            panic!("factorized payloads expected");
+        };
+        assert_eq!(a.u(), b.u(), "signs are frozen");
+        assert_eq!(a.v(), b.v(), "signs are frozen");
+        scales_moved |= a.s_pre() != b.s_pre() || a.s_post() != b.s_post();
+    }
+    assert!(scales_moved);
+}

@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 use nq_host::quant::calib::{sample_windows, tokenize_files, CalibOptions};
 use nq_host::quant::export::{build_blob, EmbedFormat};
 use nq_host::quant::factor::{AdmmOptions, Method};
+use nq_host::quant::kd::{model_reconstruct, KdOptions, KdReport};
 use nq_host::quant::pipeline::{quantize_linears, LayerReport, QuantizeOptions};
 use nq_host::quant::recon::{output_aligned, reconstruct, BlockReport, ReconOptions};
 use nq_host::quant::stats::{collect, ModelStats, StatsOptions};
@@ -128,6 +129,16 @@ pub struct QuantizeArgs {
     /// Peak AdamW learning rate of the scales.
     #[arg(long, default_value_t = 3e-3)]
     scale_lr: f32,
+    /// Model-reconstruction (KD of the scales) epochs (default: from the
+    /// preset; 0 skips it).
+    #[arg(long)]
+    kd_epochs: Option<usize>,
+    /// Peak AdamW learning rate of model reconstruction.
+    #[arg(long, default_value_t = 1e-3)]
+    kd_lr: f32,
+    /// Teacher tokens kept per position for model reconstruction.
+    #[arg(long, default_value_t = 64)]
+    kd_top_k: usize,
     /// Ranks are rounded down to a multiple of this.
     #[arg(long, default_value_t = 32)]
     rank_multiple: usize,
@@ -170,6 +181,7 @@ struct Report<'a> {
     recon: Option<ReconOptions>,
     recon_windows: usize,
     blocks: &'a [BlockReport],
+    kd: Option<(KdOptions, KdReport)>,
     target_bpw: f64,
     calib_files: Vec<String>,
     calib_windows: usize,
@@ -370,7 +382,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             }
         );
     }
-    let (q, blocks) = if full {
+    let (mut q, blocks) = if full {
         let bb = bar(w.layers.len() as u64, a.quiet, "blocks");
         let (q, blocks) = reconstruct(
             w,
@@ -421,6 +433,28 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         (q, Vec::new())
     };
     pb.finish_and_clear();
+    let kd_opts = KdOptions {
+        epochs: a.kd_epochs.unwrap_or(a.preset.epochs()),
+        lr: a.kd_lr,
+        top_k: a.kd_top_k,
+    };
+    let kd = if full && kd_opts.epochs > 0 {
+        let steps = kd_opts.epochs * recon_windows;
+        let kb = bar(steps as u64, a.quiet, "model KD");
+        let r = model_reconstruct(w, &mut q, &windows[..recon_windows], &kd_opts, |s, _| {
+            kb.set_position(s as u64)
+        })?;
+        kb.finish_and_clear();
+        if !a.quiet {
+            eprintln!(
+                "model reconstruction: loss per epoch {:?}, {:.1} s",
+                r.loss_per_epoch, r.seconds
+            );
+        }
+        Some(r)
+    } else {
+        None
+    };
     let quantize_seconds = t1.elapsed().as_secs_f64();
 
     let tokenizer_json = if a.no_tokenizer {
@@ -458,6 +492,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             0
         },
         blocks: &blocks,
+        kd: kd.map(|r| (kd_opts, r)),
         target_bpw: a.bpw,
         calib_files: a.calib.iter().map(|p| p.display().to_string()).collect(),
         calib_windows: calib.windows,

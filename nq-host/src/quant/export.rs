@@ -155,6 +155,20 @@ pub fn linear_to_dense(l: &Linear<'_>) -> (Matrix, Option<Vec<f32>>) {
     }
 }
 
+/// The f32 weight a decoder-linear payload represents.
+///
+/// # Panics
+/// For payloads that are not a linear layer (vectors, bytes).
+pub fn payload_dense(p: &TensorPayload) -> Matrix {
+    let l = match p {
+        TensorPayload::Factorized(f) => Linear::Factorized(f.as_view()),
+        TensorPayload::Binary(b) => Linear::Binary(b.as_view()),
+        TensorPayload::Matrix(d) => Linear::Dense(d.as_view()),
+        _ => panic!("not a linear payload"),
+    };
+    linear_to_dense(&l).0
+}
+
 /// Reads every tensor of a blob back as f32 weights (validated).
 pub fn dequantize_blob(view: &BlobView<'_>) -> Result<ModelWeights, DequantError> {
     let c = *view.config();

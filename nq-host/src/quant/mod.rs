@@ -5,6 +5,7 @@ pub mod align;
 pub mod calib;
 pub mod export;
 pub mod factor;
+pub mod kd;
 pub mod pipeline;
 pub mod recon;
 pub mod stats;

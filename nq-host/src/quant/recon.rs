@@ -218,7 +218,35 @@ impl FactorState {
         matmul_nt(&mut dla, &g, &v, m, r, n, false);
         let mut dlb = vec![0.0f32; r * n];
         matmul_tn(&mut dlb, &u, &g, r, n, m, false);
-        // Scale gradients in f64, each output by one thread: deterministic.
+        let (s_pre, s_post) = self.scale_grads_with(dw, &p);
+        FactorGrads {
+            la: dla,
+            lb: dlb,
+            s_pre,
+            s_post,
+        }
+    }
+
+    /// Gradients of the two scale vectors only: `(∂/∂s_pre, ∂/∂s_post)`.
+    pub fn scale_grads(&self, dw: &Matrix) -> (Vec<f32>, Vec<f32>) {
+        let (m, n, r) = self.dims();
+        let mut p = vec![0.0f32; m * n];
+        matmul_nn(
+            &mut p,
+            &signs(&self.la.data),
+            &signs(&self.lb.data),
+            m,
+            n,
+            r,
+            false,
+        );
+        self.scale_grads_with(dw, &p)
+    }
+
+    /// Scale gradients given `P = U·V`, in f64 with each output summed by
+    /// one thread (deterministic).
+    fn scale_grads_with(&self, dw: &Matrix, p: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (m, n, _) = self.dims();
         let s_post: Vec<f32> = (0..m)
             .into_par_iter()
             .map(|i| {
@@ -238,12 +266,7 @@ impl FactorState {
                     .sum::<f64>() as f32
             })
             .collect();
-        FactorGrads {
-            la: dla,
-            lb: dlb,
-            s_pre,
-            s_post,
-        }
+        (s_pre, s_post)
     }
 
     /// The exported layer: hardened signs, f16 scales.

@@ -1,0 +1,268 @@
+//! Model reconstruction (DESIGN.md §3): with every sign frozen, train all
+//! `s_pre`/`s_post` scale vectors end to end so the quantized model's
+//! next-token distributions match the FP model's, minimizing
+//! KL(teacher ‖ student) over the calibration windows.
+//!
+//! Teacher distributions are cached as the top-`k` tokens of every position
+//! (ids and probabilities renormalized over those `k`): memory stays at
+//! `windows · len · k · 8` bytes instead of `windows · len · vocab · 4`, and
+//! the loss is the cross-entropy against the truncated teacher (which
+//! differs from the KL by the teacher's constant entropy). Its gradient
+//! w.r.t. the student logits is `softmax(z) − p̃_teacher`.
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::pipeline::QuantizedLinears;
+use super::recon::FactorState;
+use crate::blob_writer::TensorPayload;
+use crate::model::backward::{backward, BackwardOptions, LinearId};
+use crate::model::forward::{forward, Tape};
+use crate::model::{Matrix, ModelError, ModelWeights};
+
+/// Model-reconstruction settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct KdOptions {
+    /// Passes over the windows.
+    pub epochs: usize,
+    /// Peak AdamW learning rate of the scales (cosine to 0).
+    pub lr: f32,
+    /// Teacher tokens kept per position.
+    pub top_k: usize,
+}
+
+impl Default for KdOptions {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            lr: 1e-3,
+            top_k: 64,
+        }
+    }
+}
+
+/// What model reconstruction did.
+#[derive(Clone, Debug, Serialize)]
+pub struct KdReport {
+    /// Mean cross-entropy against the truncated teacher, per epoch (the
+    /// first entry is before any update, measured during the first pass).
+    pub loss_per_epoch: Vec<f64>,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// The top-`k` teacher distribution of each position of one window.
+struct TeacherWindow {
+    ids: Vec<u32>,
+    probs: Vec<f32>,
+}
+
+fn teacher(logits: &[f32], vocab: usize, k: usize) -> TeacherWindow {
+    let rows: Vec<(Vec<u32>, Vec<f32>)> = logits
+        .par_chunks(vocab)
+        .map(|row| {
+            let mut idx: Vec<u32> = (0..vocab as u32).collect();
+            let k = k.min(vocab);
+            idx.select_nth_unstable_by(k - 1, |&a, &b| {
+                row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
+            });
+            idx.truncate(k);
+            idx.sort_unstable();
+            let max = idx
+                .iter()
+                .map(|&i| row[i as usize])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f64> = idx
+                .iter()
+                .map(|&i| f64::from(row[i as usize] - max).exp())
+                .collect();
+            let s: f64 = e.iter().sum();
+            (idx, e.iter().map(|x| (x / s) as f32).collect())
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(rows.len() * k);
+    let mut probs = Vec::with_capacity(rows.len() * k);
+    for (i, p) in rows {
+        ids.extend(i);
+        probs.extend(p);
+    }
+    TeacherWindow { ids, probs }
+}
+
+/// Loss and `∂loss/∂logits` (mean over positions).
+fn kd_loss(logits: &[f32], t: &TeacherWindow, vocab: usize, k: usize) -> (f64, Vec<f32>) {
+    let rows = logits.len() / vocab;
+    let mut d = vec![0.0f32; logits.len()];
+    let loss: f64 = d
+        .par_chunks_mut(vocab)
+        .zip(logits.par_chunks(vocab))
+        .enumerate()
+        .map(|(r, (g, z))| {
+            let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = z.iter().map(|&v| f64::from(v - max).exp()).sum();
+            let lse = f64::from(max) + sum.ln();
+            for (gv, &zv) in g.iter_mut().zip(z) {
+                *gv = ((f64::from(zv) - lse).exp() / rows as f64) as f32;
+            }
+            let mut l = 0.0;
+            for j in 0..k {
+                let (id, p) = (t.ids[r * k + j] as usize, t.probs[r * k + j]);
+                g[id] -= p / rows as f32;
+                l -= f64::from(p) * (f64::from(z[id]) - lse);
+            }
+            l
+        })
+        .sum();
+    (loss / rows as f64, d)
+}
+
+/// AdamW on one vector (no weight decay on scales).
+struct Adam {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t: i32,
+}
+
+impl Adam {
+    fn new(n: usize) -> Self {
+        Self {
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            t: 0,
+        }
+    }
+    fn step(&mut self, p: &mut [f32], g: &[f32], lr: f32) {
+        self.t += 1;
+        let (c1, c2) = (1.0 - 0.9f32.powi(self.t), 1.0 - 0.999f32.powi(self.t));
+        for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(self.m.iter_mut().zip(&mut self.v)) {
+            *m = 0.9 * *m + 0.1 * g;
+            *v = 0.999 * *v + 0.001 * g * g;
+            *p -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
+        }
+    }
+}
+
+fn state_of(p: &TensorPayload) -> Option<FactorState> {
+    let TensorPayload::Factorized(f) = p else {
+        return None;
+    };
+    let (m, n, r) = (f.out_features(), f.in_features(), f.rank());
+    let (u, v) = (f.u(), f.v());
+    let mut la = Matrix::zeros(m, r);
+    for i in 0..m {
+        for k in 0..r {
+            la.data[i * r + k] = f32::from(u.sign(i, k));
+        }
+    }
+    let mut lb = Matrix::zeros(r, n);
+    for k in 0..r {
+        for j in 0..n {
+            lb.data[k * n + j] = f32::from(v.sign(k, j));
+        }
+    }
+    Some(FactorState {
+        la,
+        lb,
+        s_pre: f.s_pre().iter().collect(),
+        s_post: f.s_post().iter().collect(),
+    })
+}
+
+/// Trains every factorized layer's scales in `q` against the FP model `w`
+/// on `windows`; `q`'s payloads are replaced by the updated layers.
+/// Non-factorized payloads are left alone. `progress(step, total)` after
+/// every step.
+pub fn model_reconstruct(
+    w: &ModelWeights,
+    q: &mut QuantizedLinears,
+    windows: &[Vec<u32>],
+    opts: &KdOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<KdReport, ModelError> {
+    let start = std::time::Instant::now();
+    let vocab = w.config.vocab_size as usize;
+    let k = opts.top_k.clamp(1, vocab);
+    let teachers: Vec<TeacherWindow> = windows
+        .iter()
+        .map(|win| forward(w, win, None).map(|z| teacher(&z, vocab, k)))
+        .collect::<Result<_, _>>()?;
+    // The student: FP weights with every factorized linear replaced.
+    let mut student = w.clone();
+    let mut states: Vec<Vec<Option<(FactorState, Adam, Adam)>>> = Vec::new();
+    for (b, block) in q.payloads.iter().enumerate() {
+        let mut row = Vec::with_capacity(7);
+        for (id, p) in LinearId::ALL.into_iter().zip(block) {
+            let s = state_of(p).map(|s| {
+                *id.weight_mut(&mut student.layers[b]) = s.dense();
+                let (n, m) = (s.s_pre.len(), s.s_post.len());
+                (s, Adam::new(n), Adam::new(m))
+            });
+            if s.is_none() {
+                // Binary or dense payloads keep their own dequantized weight.
+                let p = crate::quant::export::payload_dense(p);
+                *id.weight_mut(&mut student.layers[b]) = p;
+            }
+            row.push(s);
+        }
+        states.push(row);
+    }
+    let total = opts.epochs * windows.len();
+    let mut step = 0;
+    let mut loss_per_epoch = Vec::with_capacity(opts.epochs);
+    for _ in 0..opts.epochs {
+        let mut epoch_loss = 0.0;
+        for (win, tw) in windows.iter().zip(&teachers) {
+            let mut tape = Tape::default();
+            let logits = forward(&student, win, Some(&mut tape))?;
+            let (loss, dlogits) = kd_loss(&logits, tw, vocab, k);
+            drop(logits);
+            epoch_loss += loss;
+            let mut bo = BackwardOptions {
+                weight_grads: true,
+                keep_block_input_grads: false,
+                keep_linear_output_grads: false,
+                on_linear_output_grad: None,
+            };
+            let grads = backward(&student, &tape, &dlogits, &mut bo);
+            drop(tape);
+            let gw = grads.weights.expect("weight grads were asked for");
+            let lr = cosine(opts.lr, step, total);
+            for (b, row) in states.iter_mut().enumerate() {
+                for (id, slot) in LinearId::ALL.into_iter().zip(row.iter_mut()) {
+                    if let Some((s, a_pre, a_post)) = slot {
+                        let g = s.scale_grads(id.weight(&gw.layers[b]));
+                        a_pre.step(&mut s.s_pre, &g.0, lr);
+                        a_post.step(&mut s.s_post, &g.1, lr);
+                        *id.weight_mut(&mut student.layers[b]) = s.dense();
+                    }
+                }
+            }
+            step += 1;
+            progress(step, total);
+        }
+        loss_per_epoch.push(epoch_loss / windows.len() as f64);
+    }
+    // Export: same signs, trained scales (f16), the layer's bias kept.
+    for (block, row) in q.payloads.iter_mut().zip(&states) {
+        for (p, slot) in block.iter_mut().zip(row) {
+            if let (Some((s, _, _)), TensorPayload::Factorized(f)) = (slot, &*p) {
+                let bias: Option<Vec<f32>> = f.bias().map(|b| b.iter().collect());
+                *p = s
+                    .payload(bias.as_deref())
+                    .map_err(|e| ModelError::Config(e.to_string()))?;
+            }
+        }
+    }
+    Ok(KdReport {
+        loss_per_epoch,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn cosine(lr: f32, step: usize, total: usize) -> f32 {
+    if total <= 1 {
+        return lr;
+    }
+    let x = step as f32 / (total - 1) as f32;
+    lr * 0.5 * (1.0 + (std::f32::consts::PI * x).cos())
+}
