@@ -82,8 +82,8 @@ const CALIB: &str = "It was the best of times, it was the worst of times, it was
     of wisdom, it was the age of foolishness, it was the epoch of belief, it was the \
     epoch of incredulity, it was the season of Light, it was the season of Darkness.";
 
-fn quantize(model: &Path, calib: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
+fn quantize_args(model: &Path, calib: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "quantize",
         "--model",
         model.to_str().unwrap(),
@@ -94,7 +94,9 @@ fn quantize(model: &Path, calib: &Path, out: &Path, extra: &[&str]) -> Output {
         "--out",
         out.to_str().unwrap(),
         "--quiet",
-    ];
+    ]
+    .map(String::from)
+    .to_vec();
     // A fast recipe, unless the test sets these itself.
     for pair in [
         ["--calib-windows", "3"],
@@ -103,10 +105,16 @@ fn quantize(model: &Path, calib: &Path, out: &Path, extra: &[&str]) -> Output {
         ["--rank-multiple", "8"],
     ] {
         if !extra.contains(&pair[0]) {
-            args.extend(pair);
+            args.extend(pair.map(String::from));
         }
     }
-    args.extend_from_slice(extra);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn quantize(model: &Path, calib: &Path, out: &Path, extra: &[&str]) -> Output {
+    let args = quantize_args(model, calib, out, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     nq_host(&args)
 }
 
@@ -321,4 +329,63 @@ fn statistics_cache_is_reused_only_for_the_same_inputs() {
     std::fs::write(&stats, b"garbage").unwrap();
     let o = quantize(&model, &calib, &dir.path().join("d.nqb"), &["--stats", s]);
     assert_refused(&o, "not a statistics file", &dir.path().join("d.nqb"));
+}
+
+#[test]
+fn killed_runs_resume_to_the_same_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let calib = text(dir.path(), "calib.txt", CALIB);
+    let model = checkpoint(dir.path(), Arch::Llama, false);
+    let reference = dir.path().join("reference.nqb");
+    ok(&quantize(&model, &calib, &reference, &[]));
+    let reference = std::fs::read(reference).unwrap();
+
+    // A crash right after block 0 was saved (abort: no cleanup, no output).
+    let work = dir.path().join("work");
+    let w = work.to_str().unwrap();
+    let out = dir.path().join("resumed.nqb");
+    let crashed = Command::new(env!("CARGO_BIN_EXE_nq-host"))
+        .env("NQ_TEST_CRASH_AFTER_BLOCK", "0")
+        .args(quantize_args(&model, &calib, &out, &["--work-dir", w]))
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success());
+    assert!(!out.exists(), "a crashed run left an output file");
+    assert!(work.join("block-0.nqb").exists());
+    assert!(!work.join("block-1.nqb").exists());
+    ok(&quantize(&model, &calib, &out, &["--work-dir", w]));
+    assert!(
+        std::fs::read(&out).unwrap() == reference,
+        "resumed blob differs"
+    );
+
+    // Killed at an arbitrary moment, then rerun.
+    let work2 = dir.path().join("work2");
+    let w2 = work2.to_str().unwrap();
+    let out2 = dir.path().join("killed.nqb");
+    for delay_ms in [30, 120] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nq-host"))
+            .args(quantize_args(&model, &calib, &out2, &["--work-dir", w2]))
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    ok(&quantize(&model, &calib, &out2, &["--work-dir", w2]));
+    assert!(
+        std::fs::read(&out2).unwrap() == reference,
+        "blob after kills differs"
+    );
+
+    // The same directory with other settings is refused.
+    let o = quantize(
+        &model,
+        &calib,
+        &dir.path().join("x.nqb"),
+        &["--work-dir", w, "--seed", "9"],
+    );
+    assert_refused(&o, "other settings", &dir.path().join("x.nqb"));
 }

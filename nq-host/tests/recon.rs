@@ -197,7 +197,7 @@ fn reconstruction_is_deterministic_and_quantizes_every_linear() {
     let wins = windows();
     let stats = collect(&w, &wins, &StatsOptions::default(), |_, _| {}).unwrap();
     let r = ReconOptions::default();
-    let run = || reconstruct(&w, &stats, &wins, &qopts(), &r, &|_| {}, |_| {}).unwrap();
+    let run = || reconstruct(&w, &stats, &wins, &qopts(), &r, &|_| {}, None, |_| {}).unwrap();
     let (a, blocks) = run();
     let (b, _) = run();
     assert_eq!(blocks.len(), w.layers.len());

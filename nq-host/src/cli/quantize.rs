@@ -12,6 +12,7 @@ use nq_host::quant::kd::{model_reconstruct, KdOptions, KdReport};
 use nq_host::quant::pipeline::{quantize_linears, LayerReport, QuantizeOptions};
 use nq_host::quant::recon::{output_aligned, reconstruct, BlockReport, ReconOptions};
 use nq_host::quant::stats::{collect, ModelStats, StatsOptions};
+use nq_host::quant::workdir::WorkDir;
 use serde::Serialize;
 
 /// Recipe sizes.
@@ -164,6 +165,10 @@ pub struct QuantizeArgs {
     /// calibration and options, else computed and written there.
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// Checkpoint directory: finished blocks are saved here, and rerunning
+    /// the same command resumes from them (same result, byte for byte).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
     /// Write a JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -384,6 +389,17 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     }
     let (mut q, blocks) = if full {
         let bb = bar(w.layers.len() as u64, a.quiet, "blocks");
+        let work_dir = match &a.work_dir {
+            Some(dir) => Some(WorkDir::open(
+                dir,
+                &format!(
+                    "{key} bpw={} multiple={} admm={:?} recon={recon:?} windows={recon_windows}",
+                    a.bpw, a.rank_multiple, opts.admm
+                ),
+                w.config,
+            )?),
+            None => None,
+        };
         let (q, blocks) = reconstruct(
             w,
             &stats,
@@ -394,6 +410,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
                 pb.set_message(r.name.clone());
                 pb.inc(1);
             },
+            work_dir.as_ref(),
             |br| {
                 bb.set_message(format!(
                     "block {} output error {:.4}",

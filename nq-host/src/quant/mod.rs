@@ -9,3 +9,4 @@ pub mod kd;
 pub mod pipeline;
 pub mod recon;
 pub mod stats;
+pub mod workdir;

@@ -573,7 +573,8 @@ pub fn reconstruct_block(
 
 /// Quantizes every decoder linear with block reconstruction over the
 /// calibration `windows` (all of the same length). `on_block` sees each
-/// block's report as it completes.
+/// block's report as it completes. With a `work_dir`, finished blocks are
+/// loaded from it and new ones saved to it (see [`super::workdir`]).
 pub fn reconstruct(
     w: &ModelWeights,
     stats: &ModelStats,
@@ -581,6 +582,7 @@ pub fn reconstruct(
     qopts: &QuantizeOptions,
     ropts: &ReconOptions,
     on_layer: &(dyn Fn(&LayerReport) + Sync),
+    work_dir: Option<&super::workdir::WorkDir>,
     mut on_block: impl FnMut(&BlockReport),
 ) -> Result<(QuantizedLinears, Vec<BlockReport>), ReconError> {
     let t = windows.first().map_or(0, Vec::len);
@@ -602,18 +604,45 @@ pub fn reconstruct(
     for (b, fp) in w.layers.iter().enumerate() {
         let ys: Vec<Vec<f32>> = x_fp.iter().map(|x| run_block(fp, w, &rope, x, t)).collect();
         let mut student = fp.clone();
-        let (p, r, br) = reconstruct_block(
-            b,
-            w,
-            &mut student,
-            stats,
-            &x_q,
-            &ys,
-            t,
-            qopts,
-            ropts,
-            on_layer,
-        )?;
+        let saved = match work_dir {
+            Some(wd) => wd.load(b)?,
+            None => None,
+        };
+        let (p, r, br) = match saved {
+            Some((p, r, br)) => {
+                // The dequantized payloads are bit-identical to the weights
+                // the run used when it hardened them.
+                for (id, payload) in LinearId::ALL.into_iter().zip(&p) {
+                    *id.weight_mut(&mut student) = super::export::payload_dense(payload);
+                }
+                for rep in &r {
+                    on_layer(rep);
+                }
+                (p, r, br)
+            }
+            None => {
+                let done = reconstruct_block(
+                    b,
+                    w,
+                    &mut student,
+                    stats,
+                    &x_q,
+                    &ys,
+                    t,
+                    qopts,
+                    ropts,
+                    on_layer,
+                )?;
+                if let Some(wd) = work_dir {
+                    wd.save(b, &done)?;
+                    if std::env::var("NQ_TEST_CRASH_AFTER_BLOCK").ok() == Some(b.to_string()) {
+                        // Test hook: die as a killed process would.
+                        std::process::abort();
+                    }
+                }
+                done
+            }
+        };
         x_q = x_q
             .iter()
             .map(|x| run_block(&student, w, &rope, x, t))
@@ -636,6 +665,9 @@ pub enum ReconError {
     /// The model or windows are inconsistent.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The checkpoint directory.
+    #[error(transparent)]
+    WorkDir(#[from] super::workdir::WorkDirError),
 }
 
 /// ARB-OA over the whole model: every block's q, k, v, o, gate and up are
