@@ -575,6 +575,7 @@ pub fn reconstruct_block(
 /// calibration `windows` (all of the same length). `on_block` sees each
 /// block's report as it completes. With a `work_dir`, finished blocks are
 /// loaded from it and new ones saved to it (see [`super::workdir`]).
+#[allow(clippy::too_many_arguments)]
 pub fn reconstruct(
     w: &ModelWeights,
     stats: &ModelStats,
