@@ -39,7 +39,7 @@ enum Command {
     /// (config.json, model.safetensors, tokenizer.json).
     Convert(ConvertArgs),
     /// Quantize a checkpoint to a binary / sub-1-bit blob.
-    Quantize(cli::quantize::QuantizeArgs),
+    Quantize(Box<cli::quantize::QuantizeArgs>),
     /// Generate a continuation of a prompt (host, f32; blobs dequantized).
     Run(cli::generate::RunArgs),
     /// Benchmarks (not tests): throughput of the FP32 reference model.
@@ -133,7 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval(args) => eval(args),
         Command::Convert(args) => convert(args),
-        Command::Quantize(args) => cli::quantize::run(args),
+        Command::Quantize(args) => cli::quantize::run(*args),
         Command::Run(args) => cli::generate::run(args),
         Command::Bench(BenchCommand::Fp32 {
             model,
