@@ -435,6 +435,10 @@ def main():
     )
     ap.add_argument("--out", required=True, help="markdown output (e.g. docs/RESULTS.md)")
     ap.add_argument("--svg", required=True, help="SVG plot output (e.g. docs/results.svg)")
+    ap.add_argument(
+        "--notes",
+        help="markdown appended after the generated tables (commands, analysis)",
+    )
     args = ap.parse_args()
 
     fp = load(args.fp)
@@ -442,6 +446,9 @@ def main():
     fp_ppl = float(need(fp, "ppl", args.fp))
     svg_rel = os.path.relpath(os.path.abspath(args.svg), os.path.dirname(os.path.abspath(args.out)))
     md = markdown(fp, runs, svg_rel.replace(os.sep, "/"), args.fp)
+    if args.notes:
+        with open(args.notes, encoding="utf-8") as f:
+            md = md.rstrip("\n") + "\n\n" + f.read()
     svg = svg_plot(fp_ppl, runs)
     for path, text in ((args.out, md), (args.svg, svg)):
         d = os.path.dirname(path)

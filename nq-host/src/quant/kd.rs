@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::pipeline::QuantizedLinears;
-use super::recon::FactorState;
+use super::recon::{cosine, Adam, FactorState};
 use crate::blob_writer::TensorPayload;
 use crate::model::backward::{backward, BackwardOptions, LinearId};
 use crate::model::forward::{forward, Tape};
@@ -116,32 +116,6 @@ fn kd_loss(logits: &[f32], t: &TeacherWindow, vocab: usize, k: usize) -> (f64, V
     (loss / rows as f64, d)
 }
 
-/// AdamW on one vector (no weight decay on scales).
-struct Adam {
-    m: Vec<f32>,
-    v: Vec<f32>,
-    t: i32,
-}
-
-impl Adam {
-    fn new(n: usize) -> Self {
-        Self {
-            m: vec![0.0; n],
-            v: vec![0.0; n],
-            t: 0,
-        }
-    }
-    fn step(&mut self, p: &mut [f32], g: &[f32], lr: f32) {
-        self.t += 1;
-        let (c1, c2) = (1.0 - 0.9f32.powi(self.t), 1.0 - 0.999f32.powi(self.t));
-        for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(self.m.iter_mut().zip(&mut self.v)) {
-            *m = 0.9 * *m + 0.1 * g;
-            *v = 0.999 * *v + 0.001 * g * g;
-            *p -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
-        }
-    }
-}
-
 fn state_of(p: &TensorPayload) -> Option<FactorState> {
     let TensorPayload::Factorized(f) = p else {
         return None;
@@ -231,8 +205,8 @@ pub fn model_reconstruct(
                 for (id, slot) in LinearId::ALL.into_iter().zip(row.iter_mut()) {
                     if let Some((s, a_pre, a_post)) = slot {
                         let g = s.scale_grads(id.weight(&gw.layers[b]));
-                        a_pre.step(&mut s.s_pre, &g.0, lr);
-                        a_post.step(&mut s.s_post, &g.1, lr);
+                        a_pre.step(&mut s.s_pre, &g.0, lr, 0.0);
+                        a_post.step(&mut s.s_post, &g.1, lr, 0.0);
                         *id.weight_mut(&mut student.layers[b]) = s.dense();
                     }
                 }
@@ -257,12 +231,4 @@ pub fn model_reconstruct(
         loss_per_epoch,
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-fn cosine(lr: f32, step: usize, total: usize) -> f32 {
-    if total <= 1 {
-        return lr;
-    }
-    let x = step as f32 / (total - 1) as f32;
-    lr * 0.5 * (1.0 + (std::f32::consts::PI * x).cos())
 }

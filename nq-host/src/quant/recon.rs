@@ -83,14 +83,14 @@ pub struct BlockReport {
 
 /// AdamW state of one parameter tensor.
 #[derive(Clone, Debug)]
-struct Adam {
+pub(crate) struct Adam {
     m: Vec<f32>,
     v: Vec<f32>,
     t: i32,
 }
 
 impl Adam {
-    fn new(len: usize) -> Self {
+    pub(crate) fn new(len: usize) -> Self {
         Self {
             m: vec![0.0; len],
             v: vec![0.0; len],
@@ -98,7 +98,7 @@ impl Adam {
         }
     }
 
-    fn step(&mut self, p: &mut [f32], g: &[f32], lr: f32, wd: f32) {
+    pub(crate) fn step(&mut self, p: &mut [f32], g: &[f32], lr: f32, wd: f32) {
         const B1: f32 = 0.9;
         const B2: f32 = 0.999;
         const EPS: f32 = 1e-8;
@@ -118,7 +118,7 @@ impl Adam {
 }
 
 /// Cosine decay from `lr` to 0 over `total` steps.
-fn cosine(lr: f32, step: usize, total: usize) -> f32 {
+pub(crate) fn cosine(lr: f32, step: usize, total: usize) -> f32 {
     if total <= 1 {
         return lr;
     }
@@ -571,6 +571,26 @@ pub fn reconstruct_block(
     ))
 }
 
+/// The window length, its RoPE table and the block-0 inputs (embeddings) of
+/// every window: the start of both the FP and the quantized stream.
+fn streams(
+    w: &ModelWeights,
+    windows: &[Vec<u32>],
+) -> Result<(usize, RopeTable, Vec<Vec<f32>>), ReconError> {
+    let t = windows.first().map_or(0, Vec::len);
+    if t < 2 || windows.iter().any(|win| win.len() != t) {
+        return Err(ReconError::Model(ModelError::Config(
+            "reconstruction needs calibration windows of one length ≥ 2".into(),
+        )));
+    }
+    let rope = RopeTable::new(w.config.head_dim as usize, w.config.rope_theta, t);
+    let x = windows
+        .iter()
+        .map(|win| embed(w, win))
+        .collect::<Result<_, _>>()?;
+    Ok((t, rope, x))
+}
+
 /// Quantizes every decoder linear with block reconstruction over the
 /// calibration `windows` (all of the same length). `on_block` sees each
 /// block's report as it completes. With a `work_dir`, finished blocks are
@@ -586,18 +606,8 @@ pub fn reconstruct(
     work_dir: Option<&super::workdir::WorkDir>,
     mut on_block: impl FnMut(&BlockReport),
 ) -> Result<(QuantizedLinears, Vec<BlockReport>), ReconError> {
-    let t = windows.first().map_or(0, Vec::len);
-    if t < 2 || windows.iter().any(|win| win.len() != t) {
-        return Err(ReconError::Model(ModelError::Config(
-            "reconstruction needs windows of one length ≥ 2".into(),
-        )));
-    }
-    let rope = RopeTable::new(w.config.head_dim as usize, w.config.rope_theta, t);
     // FP stream (targets are the next block's FP inputs) and student stream.
-    let mut x_fp: Vec<Vec<f32>> = windows
-        .iter()
-        .map(|win| embed(w, win))
-        .collect::<Result<_, _>>()?;
+    let (t, rope, mut x_fp) = streams(w, windows)?;
     let mut x_q = x_fp.clone();
     let mut payloads = Vec::with_capacity(w.layers.len());
     let mut reports = Vec::new();
@@ -685,18 +695,8 @@ pub fn output_aligned(
     mut on_block: impl FnMut(&BlockReport),
 ) -> Result<(QuantizedLinears, Vec<BlockReport>), ReconError> {
     use super::align::{arb_oa, AlignOptions, AlignStats};
-    let t = windows.first().map_or(0, Vec::len);
-    if t < 2 || windows.iter().any(|win| win.len() != t) {
-        return Err(ReconError::Model(ModelError::Config(
-            "output alignment needs windows of one length ≥ 2".into(),
-        )));
-    }
     let c = &w.config;
-    let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
-    let mut x_fp: Vec<Vec<f32>> = windows
-        .iter()
-        .map(|win| embed(w, win))
-        .collect::<Result<_, _>>()?;
+    let (t, rope, mut x_fp) = streams(w, windows)?;
     let mut x_q = x_fp.clone();
     let mut payloads = Vec::with_capacity(w.layers.len());
     let mut reports = Vec::new();
