@@ -1,6 +1,7 @@
 //! `FactorizedLinear`: NanoQuant's low-rank binary layer.
 
 use super::ShapeError;
+use crate::kernels::{self, sign_product, sign_product_scratch_len, Kernel};
 use crate::{F16Vector, SignMatrix};
 
 /// `W ≈ diag(s_post) · U · V · diag(s_pre)` with `U ∈ {±1}^{m×r}`,
@@ -127,6 +128,71 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
             }
             let bias = self.bias.as_ref().map_or(0.0, |b| f64::from(b.get(i)));
             *yi = (f64::from(self.s_post.get(i)) * acc + bias) as f32;
+        }
+    }
+
+    /// Scratch floats [`forward`](Self::forward) and
+    /// [`forward_with`](Self::forward_with) need for `batch` tokens, enough
+    /// for every kernel.
+    pub fn forward_scratch_len(&self, batch: usize) -> usize {
+        let (m, n, r) = (self.out_features(), self.in_features(), self.rank());
+        n + batch * r
+            + sign_product_scratch_len(r, n, batch).max(sign_product_scratch_len(m, r, batch))
+    }
+
+    /// `y = s_post ⊙ (U · (V · (s_pre ⊙ x))) + bias` for `batch` tokens
+    /// (`x` is `batch × n`, `y` is `batch × m`, row-major) with the kernel
+    /// [`kernels::selected`] names. Allocation-free; int8 activations inside
+    /// (error budget in [`kernels`]).
+    ///
+    /// # Panics
+    /// If `x.len() != batch · n`, `y.len() != batch · m` or `scratch` is
+    /// shorter than [`forward_scratch_len`](Self::forward_scratch_len).
+    pub fn forward(&self, x: &[f32], batch: usize, y: &mut [f32], scratch: &mut [f32]) {
+        self.forward_with(kernels::selected(), x, batch, y, scratch);
+    }
+
+    /// [`forward`](Self::forward) with a given kernel.
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward), and if `kernel` is not available on
+    /// this CPU.
+    pub fn forward_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (m, n, r) = (self.out_features(), self.in_features(), self.rank());
+        assert_eq!(x.len(), batch * n, "input length");
+        assert_eq!(y.len(), batch * m, "output length");
+        assert!(
+            scratch.len() >= self.forward_scratch_len(batch),
+            "scratch length"
+        );
+        if batch == 0 {
+            return;
+        }
+        let (s_pre, rest) = scratch.split_at_mut(n);
+        for (s, v) in s_pre.iter_mut().zip(self.s_pre.iter()) {
+            *s = v;
+        }
+        let (t, rest) = rest.split_at_mut(batch * r);
+        let v = self.v.as_view();
+        let s_pre = &*s_pre;
+        sign_product(kernel, &v, |b, j| x[b * n + j] * s_pre[j], batch, t, rest);
+        let u = self.u.as_view();
+        let t = &*t;
+        sign_product(kernel, &u, |b, k| t[b * r + k], batch, y, rest);
+        for i in 0..m {
+            let s = self.s_post.get(i);
+            let bias = self.bias.as_ref().map_or(0.0, |b| b.get(i));
+            for b in 0..batch {
+                let yi = &mut y[b * m + i];
+                *yi = s * *yi + bias;
+            }
         }
     }
 

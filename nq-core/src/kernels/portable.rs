@@ -1,0 +1,46 @@
+//! The portable kernel: nibble-table lookups in plain Rust.
+//!
+//! Written for Cortex-M0+/M4/M7/M33: no popcount, no SIMD shuffles, few
+//! registers. One row at a time, one accumulator per nibble, so the inner
+//! loop is a byte load, two masked table loads and two adds per 8 weights;
+//! the tables (`16 × i16` per 4 columns, [`TableLayout::Wide`]) are shared by
+//! every row. Batches run tile by tile so the tile's sign bytes stay in cache
+//! (or, on a microcontroller, in the flash prefetch buffer) across tokens.
+//!
+//! [`TableLayout::Wide`]: super::quant::TableLayout::Wide
+
+use super::quant::table_len;
+use super::SignOperand;
+use crate::sign::TILE_ROWS;
+
+/// `acc[t·rows_p + i] = Σ_j S(i, j) · q_t[j]` through the tables of each
+/// token (`tables[t·table_len ..]`, wide layout).
+pub(super) fn lut_product(s: &SignOperand<'_>, tables: &[i16], batch: usize, acc: &mut [i32]) {
+    let tlen = table_len(s.col_bytes * 8);
+    let rows_p = s.tiles * TILE_ROWS;
+    for tile in 0..s.tiles {
+        let bytes = s.tile(tile);
+        for t in 0..batch {
+            let tab = &tables[t * tlen..(t + 1) * tlen];
+            let out = &mut acc[t * rows_p + tile * TILE_ROWS..][..TILE_ROWS];
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = row_dot(bytes, i, tab);
+            }
+        }
+    }
+}
+
+/// Row `i` of a tile against one token's tables.
+#[inline]
+fn row_dot(tile: &[u8], i: usize, tab: &[i16]) -> i32 {
+    let mut lo_sum = 0i32;
+    let mut hi_sum = 0i32;
+    let row = tile.iter().skip(i).step_by(TILE_ROWS);
+    for (&b, t) in row.zip(tab.chunks_exact(32)) {
+        // Low nibble: group 2c (entries 0..16); high nibble: group 2c + 1.
+        let (lo_t, hi_t) = t.split_at(16);
+        lo_sum += i32::from(lo_t[usize::from(b & 0x0f)]);
+        hi_sum += i32::from(hi_t[usize::from(b >> 4)]);
+    }
+    lo_sum + hi_sum
+}
