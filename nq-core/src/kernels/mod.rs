@@ -8,8 +8,8 @@
 //!
 //! Every kernel computes the same thing: for each token `t` (a row of the
 //! input batch), the input `z = scale ⊙ x_t` is quantized to int8 with one
-//! absmax scale per token (`δ = max|z| / 127`, `q = round(z / δ)`, ties away
-//! from zero, see [`quant`]), and the sign matrix `S` (±1) is multiplied by
+//! absmax scale per token (`δ = max|z| / 127`, `q = round(z / δ)`, ties to
+//! even, see [`quant`]), and the sign matrix `S` (±1) is multiplied by
 //! `q` **exactly in integers**: `A = S · q`. The float result is `δ · A`.
 //! Because the integer part is exact and the float parts (quantizer,
 //! epilogue) are shared scalar code, every kernel returns *bit-identical*
@@ -288,6 +288,24 @@ pub(crate) fn int_product(
 /// tables (else through dot products on `q`).
 pub(crate) fn uses_tables(kernel: Kernel, batch: usize) -> bool {
     !matches!(kernel, Kernel::Avx512 | Kernel::NeonDotprod) || batch == 1
+}
+
+/// Builds one token's tables (`q.len()` padded columns) for `kernel`: the
+/// layout it reads, with its fastest builder. Every builder writes exactly
+/// what [`quant::build_tables`] writes.
+///
+/// # Panics
+/// If `out` is shorter than `quant::table_len(q.len())`.
+pub(crate) fn build_tables_for(kernel: Kernel, q: &[i8], out: &mut [i16]) {
+    assert!(out.len() >= quant::table_len(q.len()), "table length");
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 | Kernel::Avx512 if kernel.is_available() => {
+            // SAFETY: both kernels imply AVX2; the length is asserted above.
+            unsafe { x86_64::avx2::build_tables(q, out) }
+        }
+        _ => quant::build_tables(table_layout(kernel), q, out),
+    }
 }
 
 /// Which table layout `kernel` reads.

@@ -23,33 +23,37 @@ pub fn error_bound_factorized(n: usize, r: usize, max_abs_z: f32, max_abs_t: f32
     r as f32 * (e1 + (max_abs_t + e1) / Q_MAX / 2.0)
 }
 
-/// Quantizes `value(j)` for `j < n` into `q[..n]` (and zeros the rest of `q`,
-/// the padding columns). Returns `(δ, Σ q)`; `δ = 0` when every value is zero.
-pub(crate) fn quantize(n: usize, value: impl Fn(usize) -> f32, q: &mut [i8]) -> (f32, i32) {
-    let mut amax = 0.0f32;
-    for j in 0..n {
-        amax = amax.max(value(j).abs());
+/// Quantizes `z` into `q[..z.len()]` (and zeros the rest of `q`, the
+/// padding columns): `δ = max|z| / 127`, `q = round(z / δ)` with ties to
+/// even. Returns `(δ, Σ q)`; `δ = 0` when every value is zero, NaN when a
+/// value is not finite (the outputs are then NaN too).
+pub(crate) fn quantize(z: &[f32], q: &mut [i8]) -> (f32, i32) {
+    // max |z| on the bit patterns: for non-NaN floats the order of
+    // `bits & 0x7fff_ffff` is the order of |z|, and integer max vectorizes.
+    let amax_bits = z.iter().fold(0u32, |a, v| a.max(v.to_bits() & 0x7fff_ffff));
+    let amax = f32::from_bits(amax_bits);
+    let (head, tail) = q.split_at_mut(z.len());
+    tail.fill(0);
+    if amax_bits == 0 || amax_bits >= 0x7f80_0000 {
+        head.fill(0);
+        return (if amax_bits == 0 { 0.0 } else { f32::NAN }, 0);
     }
-    if amax == 0.0 || !amax.is_finite() {
-        q.fill(0);
-        let delta = if amax == 0.0 { 0.0 } else { f32::NAN };
-        return (delta, 0);
-    }
-    let delta = amax / Q_MAX;
     let inv = Q_MAX / amax;
     let mut sum = 0i32;
-    let (head, tail) = q.split_at_mut(n);
-    for (j, qj) in head.iter_mut().enumerate() {
-        let v = value(j) * inv;
-        // Round half away from zero; `as` saturates, the clamp keeps ±127.
-        let r = if v >= 0.0 { v + 0.5 } else { v - 0.5 };
-        let r = (r as i32).clamp(-127, 127);
+    for (qj, &v) in head.iter_mut().zip(z) {
+        // |v · inv| ≤ 127 (+ an ulp): adding 1.5 · 2^23 rounds to an integer
+        // (ties to even) held in the low mantissa bits.
+        let r = ((v * inv + ROUND_MAGIC).to_bits() as i32 - ROUND_MAGIC_BITS).clamp(-127, 127);
         *qj = r as i8;
         sum += r;
     }
-    tail.fill(0);
-    (delta, sum)
+    (amax / Q_MAX, sum)
 }
+
+/// 1.5 · 2^23: adding it rounds any |v| < 2^22 to an integer.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+/// Its bit pattern.
+const ROUND_MAGIC_BITS: i32 = 0x4b40_0000;
 
 /// How a kernel wants its tables laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,16 +145,19 @@ mod tests {
 
     #[test]
     fn quantize_rounds_to_the_absmax_grid() {
-        let v = [1.0f32, -0.5, 0.25, 0.0, -1.0];
+        // 0.5 · 127 = 63.5 rounds to even (64); 0.25 · 127 = 31.75 → 32.
+        let v = [1.0f32, -0.5, 0.25, 0.0, -1.0, 2.5 / 127.0];
         let mut q = [9i8; 32];
-        let (delta, sum) = quantize(v.len(), |j| v[j], &mut q);
+        let (delta, sum) = quantize(&v, &mut q);
         assert_eq!(delta, 1.0 / 127.0);
-        assert_eq!(&q[..5], &[127, -64, 32, 0, -127]);
-        assert!(q[5..].iter().all(|&x| x == 0));
-        assert_eq!(sum, 127 - 64 + 32 - 127);
-        let (delta, sum) = quantize(3, |_| 0.0, &mut q);
+        assert_eq!(&q[..6], &[127, -64, 32, 0, -127, 2]);
+        assert!(q[6..].iter().all(|&x| x == 0));
+        assert_eq!(sum, 127 - 64 + 32 - 127 + 2);
+        let (delta, sum) = quantize(&[0.0, -0.0, 0.0], &mut q);
         assert_eq!((delta, sum), (0.0, 0));
         assert!(q.iter().all(|&x| x == 0));
+        let (delta, _) = quantize(&[1.0, f32::INFINITY], &mut q);
+        assert!(delta.is_nan());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The driver every layer uses: quantize, build tables, run the integer core,
 //! rescale. ISA-free; the ISA-specific part is [`super::int_product`].
 
-use super::quant::{build_tables, quantize, table_len};
-use super::{int_product, table_layout, uses_tables, Kernel, SignOperand};
+use super::quant::{quantize, table_len};
+use super::{build_tables_for, int_product, uses_tables, Kernel, SignOperand};
 use crate::sign::{self, TILE_ROWS};
 use crate::SignMatrix;
 
@@ -37,16 +37,17 @@ pub(crate) fn sign_product_scratch_len(rows: usize, cols: usize, batch: usize) -
     Layout::new(rows, cols, batch).total()
 }
 
-/// `out[t·rows + i] ≈ Σ_j S(i, j) · input(t, j)` for `t < batch`, `i <
+/// `out[t·rows + i] ≈ Σ_j S(i, j) · z[t·cols + j]` for `t < batch`, `i <
 /// rows`, through int8 activations (one scale per token).
 ///
 /// # Panics
-/// If `out` is shorter than `batch · rows`, `scratch` shorter than
-/// [`sign_product_scratch_len`], or `kernel` unavailable.
+/// If `z` is shorter than `batch · cols`, `out` shorter than `batch · rows`,
+/// `scratch` shorter than [`sign_product_scratch_len`], or `kernel`
+/// unavailable.
 pub(crate) fn sign_product(
     kernel: Kernel,
     signs: &SignMatrix<&[u8]>,
-    input: impl Fn(usize, usize) -> f32,
+    z: &[f32],
     batch: usize,
     out: &mut [f32],
     scratch: &mut [f32],
@@ -72,15 +73,11 @@ pub(crate) fn sign_product(
     let tlen = table_len(cols_p);
     for t in 0..batch {
         let qt = &mut q[t * cols_p..(t + 1) * cols_p];
-        let (d, s) = quantize(cols, |j| input(t, j), qt);
+        let (d, s) = quantize(&z[t * cols..(t + 1) * cols], qt);
         deltas[t] = d;
         qsum[t] = s;
         if with_tables {
-            build_tables(
-                table_layout(kernel),
-                qt,
-                &mut tables[t * tlen..(t + 1) * tlen],
-            );
+            build_tables_for(kernel, qt, &mut tables[t * tlen..(t + 1) * tlen]);
         }
     }
     int_product(kernel, &operand, q, qsum, tables, batch, acc);

@@ -11,7 +11,7 @@
 //! CPU lacks are skipped with a message on stderr that test capture does not
 //! hide.
 
-use super::quant::{build_tables, quantize, table_len};
+use super::quant::{build_tables, table_len};
 use super::*;
 use crate::sign::{col_bytes, packed_len};
 use crate::{BinaryLinear, F16Vector, FactorizedLinear, SignMatrix};
@@ -335,6 +335,21 @@ fn check_same_as_portable(k: Kernel) {
     }
 }
 
+/// The kernel's table builder against the scalar one, byte for byte.
+fn check_table_builder(k: Kernel) {
+    let mut rng = Rng(7);
+    for cols_p in [32, 64, 96, 4096 + 32] {
+        let q: Vec<i8> = (0..cols_p)
+            .map(|_| (rng.below(255) as i32 - 127) as i8)
+            .collect();
+        let mut want = vec![0i16; table_len(cols_p)];
+        let mut got = vec![0i16; table_len(cols_p)];
+        build_tables(table_layout(k), &q, &mut want);
+        build_tables_for(k, &q, &mut got);
+        assert_eq!(got, want, "{k}: {cols_p} columns");
+    }
+}
+
 /// Named cases: zero input (output is the bias), one-hot input.
 fn check_regressions(k: Kernel) {
     let mut rng = Rng(5);
@@ -409,6 +424,13 @@ macro_rules! kernel_tests {
             }
 
             #[test]
+            fn table_builder_matches_scalar() {
+                if usable($kernel) {
+                    check_table_builder($kernel);
+                }
+            }
+
+            #[test]
             fn regressions() {
                 if usable($kernel) {
                     check_regressions($kernel);
@@ -449,14 +471,4 @@ fn short_scratch_panics() {
     let mut y = vec![0.0f32; 4];
     let mut scratch = vec![0.0f32; l.forward_scratch_len(1) - 1];
     l.forward(&[1.0; 4], 1, &mut y, &mut scratch);
-}
-
-#[test]
-fn quantize_then_tables_round_trip_through_portable() {
-    // Sanity of the shared helpers on their own: one group, all patterns.
-    let q = [5i8, -3, 0, 127];
-    let mut qq = [0i8; 32];
-    let (d, _) = quantize(4, |j| f32::from(q[j]), &mut qq);
-    assert_eq!(d, 1.0);
-    assert_eq!(&qq[..4], &q);
 }

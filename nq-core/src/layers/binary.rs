@@ -113,7 +113,7 @@ impl<S: AsRef<[u8]>> BinaryLinear<S> {
     /// for every kernel.
     pub fn forward_scratch_len(&self, batch: usize) -> usize {
         let (m, n) = (self.out_features(), self.in_features());
-        n + sign_product_scratch_len(m, n, batch)
+        n + 2 * m + batch * n + sign_product_scratch_len(m, n, batch)
     }
 
     /// `y = s_row ⊙ (B · (s_col ⊙ x)) + bias` for `batch` tokens (`x` is
@@ -152,25 +152,24 @@ impl<S: AsRef<[u8]>> BinaryLinear<S> {
             return;
         }
         let (s_col, rest) = scratch.split_at_mut(n);
-        for (s, v) in s_col.iter_mut().zip(self.s_col.iter()) {
-            *s = v;
+        let (s_row, rest) = rest.split_at_mut(m);
+        let (bias, rest) = rest.split_at_mut(m);
+        let (z, rest) = rest.split_at_mut(batch * n);
+        self.s_col.to_f32_into(s_col);
+        self.s_row.to_f32_into(s_row);
+        match &self.bias {
+            Some(b) => b.to_f32_into(bias),
+            None => bias.fill(0.0),
         }
-        let signs = self.signs.as_view();
-        let s_col = &*s_col;
-        sign_product(
-            kernel,
-            &signs,
-            |b, j| x[b * n + j] * s_col[j],
-            batch,
-            y,
-            rest,
-        );
-        for i in 0..m {
-            let s = self.s_row.get(i);
-            let bias = self.bias.as_ref().map_or(0.0, |b| b.get(i));
-            for b in 0..batch {
-                let yi = &mut y[b * m + i];
-                *yi = s * *yi + bias;
+        for (zb, xb) in z.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+            for ((zj, &xj), &s) in zb.iter_mut().zip(xb).zip(&*s_col) {
+                *zj = xj * s;
+            }
+        }
+        sign_product(kernel, &self.signs.as_view(), z, batch, y, rest);
+        for yb in y.chunks_exact_mut(m) {
+            for ((yi, &s), &b) in yb.iter_mut().zip(&*s_row).zip(&*bias) {
+                *yi = s * *yi + b;
             }
         }
     }

@@ -136,7 +136,8 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
     /// for every kernel.
     pub fn forward_scratch_len(&self, batch: usize) -> usize {
         let (m, n, r) = (self.out_features(), self.in_features(), self.rank());
-        n + batch * r
+        n + 2 * m
+            + batch * (n + r)
             + sign_product_scratch_len(r, n, batch).max(sign_product_scratch_len(m, r, batch))
     }
 
@@ -176,22 +177,26 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
             return;
         }
         let (s_pre, rest) = scratch.split_at_mut(n);
-        for (s, v) in s_pre.iter_mut().zip(self.s_pre.iter()) {
-            *s = v;
-        }
+        let (s_post, rest) = rest.split_at_mut(m);
+        let (bias, rest) = rest.split_at_mut(m);
+        let (z, rest) = rest.split_at_mut(batch * n);
         let (t, rest) = rest.split_at_mut(batch * r);
-        let v = self.v.as_view();
-        let s_pre = &*s_pre;
-        sign_product(kernel, &v, |b, j| x[b * n + j] * s_pre[j], batch, t, rest);
-        let u = self.u.as_view();
-        let t = &*t;
-        sign_product(kernel, &u, |b, k| t[b * r + k], batch, y, rest);
-        for i in 0..m {
-            let s = self.s_post.get(i);
-            let bias = self.bias.as_ref().map_or(0.0, |b| b.get(i));
-            for b in 0..batch {
-                let yi = &mut y[b * m + i];
-                *yi = s * *yi + bias;
+        self.s_pre.to_f32_into(s_pre);
+        self.s_post.to_f32_into(s_post);
+        match &self.bias {
+            Some(b) => b.to_f32_into(bias),
+            None => bias.fill(0.0),
+        }
+        for (zb, xb) in z.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+            for ((zj, &xj), &s) in zb.iter_mut().zip(xb).zip(&*s_pre) {
+                *zj = xj * s;
+            }
+        }
+        sign_product(kernel, &self.v.as_view(), z, batch, t, rest);
+        sign_product(kernel, &self.u.as_view(), t, batch, y, rest);
+        for yb in y.chunks_exact_mut(m) {
+            for ((yi, &s), &b) in yb.iter_mut().zip(&*s_post).zip(&*bias) {
+                *yi = s * *yi + b;
             }
         }
     }

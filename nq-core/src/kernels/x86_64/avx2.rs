@@ -125,3 +125,74 @@ fn widen_lanes(a: __m256i) -> __m256i {
     let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(a));
     _mm256_add_epi32(lo, hi)
 }
+
+/// Builds one token's split-byte tables (`q.len()` a multiple of 16),
+/// byte for byte what [`quant::build_tables`] writes, 16 entries per
+/// instruction: `T = Σ_k sign(q_k, S_k)` with `S_k[b] = −1` where bit `k` of
+/// `b` is set, then the low and high bytes are gathered into their tables.
+///
+/// [`quant::build_tables`]: crate::kernels::quant::build_tables
+///
+/// # Safety
+/// AVX2; `out.len() ≥ table_len(q.len())`.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn build_tables(q: &[i8], out: &mut [i16]) {
+    assert!(out.len() >= table_len(q.len()) && q.len() % 16 == 0);
+    let pattern = |k: i32| {
+        let s = |b: i32| if (b >> k) & 1 == 1 { -1i16 } else { 1 };
+        _mm256_setr_epi16(
+            s(0),
+            s(1),
+            s(2),
+            s(3),
+            s(4),
+            s(5),
+            s(6),
+            s(7),
+            s(8),
+            s(9),
+            s(10),
+            s(11),
+            s(12),
+            s(13),
+            s(14),
+            s(15),
+        )
+    };
+    let signs = [pattern(0), pattern(1), pattern(2), pattern(3)];
+    // Per lane: the low bytes of its 8 entries, then their high bytes.
+    let split = _mm256_setr_epi8(
+        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5,
+        7, 9, 11, 13, 15,
+    );
+    let dst = out.as_mut_ptr().cast::<u8>();
+    for (blk, group4) in q.chunks_exact(16).enumerate() {
+        let mut g = [_mm256_setzero_si256(); 4];
+        for (k, gk) in g.iter_mut().enumerate() {
+            let mut t = _mm256_setzero_si256();
+            for (s, &qv) in signs.iter().zip(&group4[4 * k..4 * k + 4]) {
+                t = _mm256_add_epi16(t, _mm256_sign_epi16(_mm256_set1_epi16(i16::from(qv)), *s));
+            }
+            // Qwords 0, 2, 1, 3: low bytes of entries 0–15, then high bytes.
+            *gk = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(t, split));
+        }
+        // SAFETY: block `blk` owns bytes 128·blk .. 128·blk + 128 of `out`,
+        // inside `table_len(q.len())` i16 = 8 · q.len() bytes.
+        unsafe {
+            let d = dst.add(128 * blk);
+            _mm256_storeu_si256(d.cast(), _mm256_permute2x128_si256::<0x20>(g[0], g[2]));
+            _mm256_storeu_si256(
+                d.add(32).cast(),
+                _mm256_permute2x128_si256::<0x31>(g[0], g[2]),
+            );
+            _mm256_storeu_si256(
+                d.add(64).cast(),
+                _mm256_permute2x128_si256::<0x20>(g[1], g[3]),
+            );
+            _mm256_storeu_si256(
+                d.add(96).cast(),
+                _mm256_permute2x128_si256::<0x31>(g[1], g[3]),
+            );
+        }
+    }
+}
