@@ -7,9 +7,10 @@
 //! Every benchmark runs `FactorizedLinear::forward_with` end to end
 //! (activation quantization and table building included).
 //!
-//! Counters: bytes = weight bytes the layer reads (packed signs + f16 scales
-//! for ours, `4·m·n` for dense f32), items = sign weights `r·(m + n)` for
-//! ours, logical weights `m·n` for dense; both per token, times the batch.
+//! Counters: bytes = weight bytes one call reads (packed signs + f16 scales
+//! for ours, `4·m·n` for dense f32; once per call whatever the batch), items
+//! = sign weights `r·(m + n)` for ours, logical weights `m·n` for dense,
+//! times the batch (multiply-accumulates per call).
 //! Results and the machine they came from: `docs/BENCHMARKS.md`.
 
 use std::fmt;
@@ -113,7 +114,7 @@ fn run_factorized(bencher: Bencher, c: &Case, kernel: Kernel, batch: usize) {
     let mut y = vec![0.0f32; batch * c.m];
     let mut scratch = vec![0.0f32; l.forward_scratch_len(batch)];
     bencher
-        .counter(BytesCount::new(factor_bytes(c) * batch))
+        .counter(BytesCount::new(factor_bytes(c)))
         .counter(ItemsCount::new(c.rank() * (c.m + c.n) * batch))
         .bench_local(|| {
             l.forward_with(kernel, black_box(&x), batch, &mut y, &mut scratch);
@@ -126,7 +127,7 @@ fn run_dense(bencher: Bencher, m: usize, n: usize, batch: usize) {
     let x = floats(batch * n, 5);
     let mut y = vec![0.0f32; batch * m];
     bencher
-        .counter(BytesCount::new(4 * m * n * batch))
+        .counter(BytesCount::new(4 * m * n))
         .counter(ItemsCount::new(m * n * batch))
         .bench_local(|| {
             // y (batch × m) = x (batch × n) · Wᵀ, W row-major m × n.
@@ -213,7 +214,7 @@ fn factorized_stream_4096x4096_1bpw(bencher: Bencher, batch: usize) {
     let mut next = 0;
     let kernel = kernels::best();
     bencher
-        .counter(BytesCount::new(factor_bytes(&c) * batch))
+        .counter(BytesCount::new(factor_bytes(&c)))
         .counter(ItemsCount::new(c.rank() * (c.m + c.n) * batch))
         .bench_local(|| {
             layers[next].forward_with(kernel, black_box(&x), batch, &mut y, &mut scratch);

@@ -230,6 +230,30 @@ fmt_outside_workspace() {
     ((found)) || echo "    none present"
 }
 
+# The Cortex-M firmware (examples/cortex-m): build it with its own
+# .cargo/config.toml and boot it in QEMU's MPS2 AN500 (Cortex-M7) model. It
+# checks the portable kernel against the scalar oracle on the device and
+# prints `bgemm: PASS`; its cycle counts are emulated (QEMU has no DWT).
+# `-icount shift=0` makes the emulated clock deterministic.
+firmware_runs_in_qemu() {
+    local elf=examples/cortex-m/target/thumbv7em-none-eabihf/release/bgemm out rc=0
+    (cd examples/cortex-m && cargo build --release)
+    out=$(timeout 120 qemu-system-arm -M mps2-an500 -cpu cortex-m7 -nographic \
+        -semihosting-config enable=on,target=native -icount shift=0 -kernel "$elf") || rc=$?
+    printf '%s\n' "$out" | sed 's/^/    /'
+    if ((rc != 0)); then
+        echo "error: firmware exited with status $rc (124: timed out)" >&2
+        return 1
+    fi
+    grep -qx 'bgemm: PASS' <<<"$out"
+}
+
+# The host benchmark example (examples/bgemm-bench) builds and runs: one
+# short pass over the small shapes, batch 1, every kernel this CPU has.
+bgemm_bench_smoke() {
+    (cd examples/bgemm-bench && cargo run --release -q -- --small --batch 1 --min-ms 1)
+}
+
 # A clean clone must build from the committed Cargo.lock as it is.
 lockfile_is_current() {
     cargo metadata --locked --format-version 1 >/dev/null
@@ -273,6 +297,14 @@ step "clippy: nq-core for thumbv7em-none-eabihf, -D warnings" \
     cargo clippy -p nq-core --target thumbv7em-none-eabihf -- -D warnings
 step "clippy: nq-core for thumbv7em-none-eabihf --features defmt, -D warnings" \
     cargo clippy -p nq-core --target thumbv7em-none-eabihf --features defmt -- -D warnings
+
+step "clippy: examples/cortex-m firmware, -D warnings" \
+    bash -c 'cd examples/cortex-m && cargo clippy --release -- -D warnings'
+step "run: Cortex-M7 firmware under qemu-system-arm (mps2-an500), checks bgemm: PASS" \
+    firmware_runs_in_qemu
+step "clippy: examples/bgemm-bench, -D warnings" \
+    bash -c 'cd examples/bgemm-bench && cargo clippy --release -- -D warnings'
+step "run: examples/bgemm-bench --small (smoke)" bgemm_bench_smoke
 
 step "aarch64: qemu CPU models (max has dotprod, cortex-a72 lacks it)" check_qemu_cpus
 step "clippy: nq-core for aarch64 --features std, all targets, -D warnings" \

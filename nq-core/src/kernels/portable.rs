@@ -4,8 +4,9 @@
 //! registers. One row at a time, one accumulator per nibble, so the inner
 //! loop is a byte load, two masked table loads and two adds per 8 weights;
 //! the tables (`16 × i16` per 4 columns, [`TableLayout::Wide`]) are shared by
-//! every row. Batches run tile by tile so the tile's sign bytes stay in cache
-//! (or, on a microcontroller, in the flash prefetch buffer) across tokens.
+//! every row. Batches run token by token: one token's tables (8 bytes per
+//! input) stay in cache while every row streams past, which measured faster
+//! on x86 than sharing each tile across the tokens' (much larger) tables.
 //!
 //! [`TableLayout::Wide`]: super::quant::TableLayout::Wide
 
@@ -18,10 +19,10 @@ use crate::sign::TILE_ROWS;
 pub(super) fn lut_product(s: &SignOperand<'_>, tables: &[i16], batch: usize, acc: &mut [i32]) {
     let tlen = table_len(s.col_bytes * 8);
     let rows_p = s.tiles * TILE_ROWS;
-    for tile in 0..s.tiles {
-        let bytes = s.tile(tile);
-        for t in 0..batch {
-            let tab = &tables[t * tlen..(t + 1) * tlen];
+    for t in 0..batch {
+        let tab = &tables[t * tlen..(t + 1) * tlen];
+        for tile in 0..s.tiles {
+            let bytes = s.tile(tile);
             let out = &mut acc[t * rows_p + tile * TILE_ROWS..][..TILE_ROWS];
             for (i, o) in out.iter_mut().enumerate() {
                 *o = row_dot(bytes, i, tab);
