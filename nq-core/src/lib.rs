@@ -27,7 +27,8 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
-#[cfg(feature = "std")]
+// Tests always have std (the harness needs it); the library only with `std`.
+#[cfg(any(test, feature = "std"))]
 extern crate std;
 
 pub mod blob;

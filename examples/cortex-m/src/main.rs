@@ -78,10 +78,18 @@ impl Clock {
         }
     }
 
+    /// What one count is, for every output line.
+    fn unit(self) -> &'static str {
+        match self {
+            Clock::Dwt => "cycles",
+            Clock::SysTick => "emulated-ticks",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Clock::Dwt => "cycles (DWT)",
-            Clock::SysTick => "cycles (emulated: SysTick under QEMU, not a chip's timing)",
+            Clock::SysTick => "emulated SysTick ticks (no DWT counter, e.g. QEMU: not a chip's timing)",
         }
     }
 }
@@ -198,9 +206,10 @@ fn run_case(
         (cycles, m * n, within_budget(y, y_ref, &s_out, budget))
     };
     let kind = if r > 0 { "factorized" } else { "binary" };
+    let unit = clock.unit();
     let per_weight = cycles as f32 / weights as f32;
     hprintln!(
-        "{:>10} {:>4}x{:<4} r={:<4} kernel={} weights={:>7} cycles={:>9} cycles/weight={:.3} weights/cycle={:.3} {}",
+        "{:>10} {:>4}x{:<4} r={:<4} kernel={} weights={:>7} {unit}={:>9} {unit}/weight={:.3} weights/{unit}={:.3} {}",
         kind,
         m,
         n,
@@ -210,7 +219,8 @@ fn run_case(
         cycles,
         per_weight,
         1.0 / per_weight,
-        if ok { "ok" } else { "MISMATCH" }
+        if ok { "ok" } else { "MISMATCH" },
+        unit = unit,
     );
     ok
 }
