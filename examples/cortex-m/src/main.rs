@@ -89,7 +89,9 @@ impl Clock {
     fn label(self) -> &'static str {
         match self {
             Clock::Dwt => "cycles (DWT)",
-            Clock::SysTick => "emulated SysTick ticks (no DWT counter, e.g. QEMU: not a chip's timing)",
+            Clock::SysTick => {
+                "emulated SysTick ticks (no DWT counter, e.g. QEMU: not a chip's timing)"
+            }
         }
     }
 }
