@@ -78,6 +78,11 @@ unsafe fn tile_lut(signs: *const u8, tab: *const u8, col_bytes: usize, out: &mut
         let mut a0 = _mm256_setzero_si256();
         let mut a1 = _mm256_setzero_si256();
         for kk in k..end {
+            // Ask for the sign bytes 2 KiB ahead: when the weights stream
+            // from DRAM (a real decode step) the loads are otherwise exposed.
+            // A prefetch never faults, and `wrapping_add` keeps the address
+            // computation defined past the tile's end.
+            _mm_prefetch::<_MM_HINT_T0>(signs.wrapping_add(kk * 32 + 2048).cast());
             // SAFETY: kk < col_bytes / 2, so the 32 bytes at 32·kk and the
             // 128 bytes at 128·kk are inside the ranges the caller vouched for.
             let (x, t_ll, t_lh, t_hl, t_hh) = unsafe {
