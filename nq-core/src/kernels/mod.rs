@@ -304,6 +304,11 @@ pub(crate) fn build_tables_for(kernel: Kernel, q: &[i8], out: &mut [i16]) {
             // SAFETY: both kernels imply AVX2; the length is asserted above.
             unsafe { x86_64::avx2::build_tables(q, out) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon | Kernel::NeonDotprod if kernel.is_available() => {
+            // SAFETY: both kernels imply NEON; the length is asserted above.
+            unsafe { aarch64::neon::build_tables(q, out) }
+        }
         _ => quant::build_tables(table_layout(kernel), q, out),
     }
 }

@@ -110,3 +110,51 @@ unsafe fn tile_lut(signs: *const u8, tab: *const u8, col_bytes: usize, out: &mut
         unsafe { vst1q_s32(out.as_mut_ptr().add(4 * k), *r) };
     }
 }
+
+/// Builds one token's split-byte tables (`q.len()` a multiple of 16), byte
+/// for byte what [`quant::build_tables`] writes: `T = Σ_k q_k · S_k` with
+/// `S_k[b] = −1` where bit `k` of `b` is set (eight `mla` per group), then
+/// `uzp1`/`uzp2` gather the low and high bytes.
+///
+/// [`quant::build_tables`]: crate::kernels::quant::build_tables
+///
+/// # Safety
+/// NEON; `out.len() ≥ table_len(q.len())`.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn build_tables(q: &[i8], out: &mut [i16]) {
+    assert!(out.len() >= table_len(q.len()) && q.len() % 16 == 0);
+    const fn pattern(k: usize) -> [i16; 16] {
+        let mut p = [1i16; 16];
+        let mut b = 0;
+        while b < 16 {
+            if (b >> k) & 1 == 1 {
+                p[b] = -1;
+            }
+            b += 1;
+        }
+        p
+    }
+    const PATTERNS: [[i16; 16]; 4] = [pattern(0), pattern(1), pattern(2), pattern(3)];
+    // SAFETY: each pattern is 16 i16: two 8-lane loads.
+    let signs = PATTERNS.map(|p| unsafe { (vld1q_s16(p.as_ptr()), vld1q_s16(p.as_ptr().add(8))) });
+    let dst = out.as_mut_ptr().cast::<u8>();
+    for (blk, group4) in q.chunks_exact(16).enumerate() {
+        for (k, g) in group4.chunks_exact(4).enumerate() {
+            let mut lo = vdupq_n_s16(0);
+            let mut hi = vdupq_n_s16(0);
+            for (s, &qv) in signs.iter().zip(g) {
+                lo = vmlaq_n_s16(lo, s.0, i16::from(qv));
+                hi = vmlaq_n_s16(hi, s.1, i16::from(qv));
+            }
+            let (lo, hi) = (vreinterpretq_u8_s16(lo), vreinterpretq_u8_s16(hi));
+            // Group k of the block: low bytes at 64·(k % 2) + 16·(k / 2),
+            // high bytes 32 further (see `TableLayout::SplitBytes`).
+            let base = 128 * blk + 64 * (k % 2) + 16 * (k / 2);
+            // SAFETY: base + 48 ≤ 128·(blk + 1) ≤ 8 · q.len() bytes of `out`.
+            unsafe {
+                vst1q_u8(dst.add(base), vuzp1q_u8(lo, hi));
+                vst1q_u8(dst.add(base + 32), vuzp2q_u8(lo, hi));
+            }
+        }
+    }
+}
