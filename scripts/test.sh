@@ -5,8 +5,10 @@
 # It checks what users build: the host workspace (fmt, clippy, tests), nq-core
 # without an allocator and with `alloc`, nq-core for Cortex-M4F/M7
 # (thumbv7em-none-eabihf) and Cortex-M33 (thumbv8m.main-none-eabihf) with and
-# without `defmt`, and nq-core's tests on aarch64 under qemu-user, once on a
-# CPU with dotprod and once without. docs/CI.md has the list and the reasons.
+# without `defmt` and for Cortex-M0+ (thumbv6m-none-eabi), the Cortex-M7
+# firmware example under qemu-system-arm, the board benchmark example, and
+# nq-core's tests on aarch64 under qemu-user, once on a CPU with dotprod and
+# once without. docs/CI.md has the list and the reasons.
 #
 # First it installs what a fresh Debian machine lacks (rustup components and
 # targets, the aarch64 cross gcc, qemu), skipping whatever is already there.
@@ -25,7 +27,7 @@ case "${NQ_TEST_QUICK:-0}" in
 esac
 
 RUST_COMPONENTS=(rustfmt clippy)
-CROSS_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf thumbv8m.main-none-eabihf)
+CROSS_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf thumbv8m.main-none-eabihf thumbv6m-none-eabi)
 # gcc and libc6-dev: the host linker (`cc`) that rustc needs.
 HOST_PACKAGES=(gcc libc6-dev)
 # The aarch64 cross linker and sysroot, qemu-aarch64 (user mode, runs the
@@ -287,12 +289,17 @@ fi
 # builds for that target only, so host builds stay cached.
 export CARGO_TARGET_THUMBV7EM_NONE_EABIHF_RUSTFLAGS="-D warnings"
 export CARGO_TARGET_THUMBV8M_MAIN_NONE_EABIHF_RUSTFLAGS="-D warnings"
+export CARGO_TARGET_THUMBV6M_NONE_EABI_RUSTFLAGS="-D warnings"
 
 for target in thumbv7em-none-eabihf thumbv8m.main-none-eabihf; do
     step "build: nq-core for $target" cargo build -p nq-core --target "$target"
     step "build: nq-core for $target --features defmt" \
         cargo build -p nq-core --target "$target" --features defmt
 done
+# Cortex-M0+ (Armv6-M): no FPU, no compare-and-swap atomics; the portable
+# kernel and the kernel selection must still build.
+step "build: nq-core for thumbv6m-none-eabi (Cortex-M0+)" \
+    cargo build -p nq-core --target thumbv6m-none-eabi
 step "clippy: nq-core for thumbv7em-none-eabihf, -D warnings" \
     cargo clippy -p nq-core --target thumbv7em-none-eabihf -- -D warnings
 step "clippy: nq-core for thumbv7em-none-eabihf --features defmt, -D warnings" \

@@ -68,6 +68,9 @@
 //! this CPU can run, for tests and benchmarks; `forward_with` runs a given
 //! one.
 //!
+//! The int8 tables cost 8 bytes per input column per token (built once per
+//! call and shared by all rows); x86_64 and aarch64 build them with SIMD.
+//!
 //! This module holds the only `cfg(target_arch)` gates of the crate.
 
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -91,9 +94,11 @@ mod tests;
 /// One implementation of the sign-matrix product.
 ///
 /// All variants exist on every target; [`Kernel::is_available`] says which
-/// this CPU can run.
+/// this CPU can run. More may be added (e.g. a Cortex-M DSP path), hence
+/// `non_exhaustive`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Kernel {
     /// Plain Rust, no SIMD: nibble-table lookups (what Cortex-M runs).
     Portable,
