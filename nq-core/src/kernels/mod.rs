@@ -225,8 +225,10 @@ pub fn selected() -> Kernel {
 /// The integer core: `acc[t·rows_p + i] = Σ_j S(i, j) · q[t·cols_p + j]` for
 /// every token `t < batch` and every padded row `i < rows_p`.
 ///
+/// `q` holds each token's activations (`cols_p` bytes, token after token).
 /// `tables` holds each token's lookup tables in the layout `kernel` wants
-/// (built by [`quant::build_tables`]) when [`uses_tables`] says so.
+/// (built by [`build_tables_for`]) when [`uses_tables`] says so; otherwise
+/// it is work space (the dot-product kernels interleave `q` into it).
 ///
 /// # Panics
 /// If `kernel` is unavailable or a buffer is too short.
@@ -235,7 +237,7 @@ pub(crate) fn int_product(
     signs: &SignOperand<'_>,
     q: &[i8],
     qsum: &[i32],
-    tables: &[i16],
+    tables: &mut [i16],
     batch: usize,
     acc: &mut [i32],
 ) {
@@ -245,47 +247,72 @@ pub(crate) fn int_product(
     assert!(acc.len() >= batch * rows_p, "accumulator length");
     assert!(q.len() >= batch * cols_p, "activation length");
     assert!(qsum.len() >= batch, "activation sums length");
-    if uses_tables(kernel, batch) {
-        assert!(
-            tables.len() >= batch * quant::table_len(cols_p),
-            "table length"
-        );
-    }
+    assert!(
+        tables.len() >= batch * quant::table_len(cols_p),
+        "table length"
+    );
     let acc = &mut acc[..batch * rows_p];
+    if uses_tables(kernel, batch) {
+        lut_product(kernel, signs, tables, batch, acc);
+    } else {
+        let work: &mut [i8] = bytemuck::cast_slice_mut(tables);
+        let work = &mut work[..batch * cols_p];
+        interleave_tokens(q, batch, cols_p, dot_chunk_max(kernel), work);
+        dot_product(kernel, signs, work, qsum, batch, acc);
+    }
+}
+
+/// The table-lookup kernels (lengths checked by [`int_product`]).
+fn lut_product(
+    kernel: Kernel,
+    signs: &SignOperand<'_>,
+    tables: &[i16],
+    batch: usize,
+    acc: &mut [i32],
+) {
     match kernel {
         Kernel::Portable => portable::lut_product(signs, tables, batch, acc),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => {
-            // SAFETY: availability was asserted above; buffer lengths too.
+        Kernel::Avx2 | Kernel::Avx512 => {
+            // SAFETY: `int_product` asserted availability (AVX-512 here
+            // implies AVX2) and the buffer lengths.
             unsafe { x86_64::avx2::lut_product(signs, tables, batch, acc) }
         }
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => {
-            if batch == 1 {
-                // SAFETY: AVX-512 availability implies AVX2; lengths asserted.
-                unsafe { x86_64::avx2::lut_product(signs, tables, batch, acc) }
-            } else {
-                // SAFETY: availability and lengths asserted above.
-                unsafe { x86_64::avx512::dot_product(signs, q, qsum, batch, acc) }
-            }
-        }
         #[cfg(target_arch = "aarch64")]
-        Kernel::Neon => {
-            // SAFETY: availability and lengths asserted above.
+        Kernel::Neon | Kernel::NeonDotprod => {
+            // SAFETY: `int_product` asserted availability (dotprod here
+            // implies NEON) and the buffer lengths.
             unsafe { aarch64::neon::lut_product(signs, tables, batch, acc) }
-        }
-        #[cfg(target_arch = "aarch64")]
-        Kernel::NeonDotprod => {
-            if batch == 1 {
-                // SAFETY: dotprod availability implies NEON; lengths asserted.
-                unsafe { aarch64::neon::lut_product(signs, tables, batch, acc) }
-            } else {
-                // SAFETY: availability and lengths asserted above.
-                unsafe { aarch64::dotprod::dot_product(signs, q, qsum, batch, acc) }
-            }
         }
         #[allow(unreachable_patterns)]
         _ => unreachable!("available kernel without an implementation"),
+    }
+}
+
+/// The dot-product kernels, on chunk-interleaved activations (lengths
+/// checked by [`int_product`]).
+fn dot_product(
+    kernel: Kernel,
+    signs: &SignOperand<'_>,
+    q: &[i8],
+    qsum: &[i32],
+    batch: usize,
+    acc: &mut [i32],
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            // SAFETY: `int_product` asserted availability and the lengths;
+            // `q` is interleaved with this kernel's chunk size.
+            unsafe { x86_64::avx512::dot_product(signs, q, qsum, batch, acc) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonDotprod => {
+            // SAFETY: `int_product` asserted availability and the lengths;
+            // `q` is interleaved with this kernel's chunk size.
+            unsafe { aarch64::dotprod::dot_product(signs, q, qsum, batch, acc) }
+        }
+        _ => unreachable!("kernel {kernel} has no dot-product path"),
     }
 }
 
@@ -315,6 +342,46 @@ pub(crate) fn build_tables_for(kernel: Kernel, q: &[i8], out: &mut [i16]) {
             unsafe { aarch64::neon::build_tables(q, out) }
         }
         _ => quant::build_tables(table_layout(kernel), q, out),
+    }
+}
+
+/// Largest token chunk a dot-product kernel takes at once; it splits a
+/// batch greedily into chunks of `max, max/2, …, 1` tokens ([`dot_chunk`]).
+fn dot_chunk_max(kernel: Kernel) -> usize {
+    match kernel {
+        Kernel::Avx512 => 16,
+        Kernel::NeonDotprod => 4,
+        _ => 1,
+    }
+}
+
+/// Size of the next chunk when `left` tokens remain: the largest power of
+/// two `≤ max` that is `≤ left` (`max` a power of two). The kernels' own
+/// `match` on `left` must agree.
+fn dot_chunk(max: usize, left: usize) -> usize {
+    let mut n = max;
+    while n > left {
+        n /= 2;
+    }
+    n
+}
+
+/// Rewrites token-after-token activations (`cols_p` bytes each) into the
+/// chunk-interleaved layout of the dot-product kernels: for a chunk of `n`
+/// tokens starting at token `t0`, the 8 bytes of column byte `c` of token
+/// `t0 + j` go to `t0·cols_p + 8·(c·n + j)`.
+fn interleave_tokens(q: &[i8], batch: usize, cols_p: usize, max_chunk: usize, out: &mut [i8]) {
+    let mut t0 = 0;
+    while t0 < batch {
+        let n = dot_chunk(max_chunk, batch - t0);
+        let dst = &mut out[t0 * cols_p..(t0 + n) * cols_p];
+        for j in 0..n {
+            let src = &q[(t0 + j) * cols_p..(t0 + j + 1) * cols_p];
+            for (c, bytes) in src.chunks_exact(8).enumerate() {
+                dst[8 * (c * n + j)..8 * (c * n + j) + 8].copy_from_slice(bytes);
+            }
+        }
+        t0 += n;
     }
 }
 

@@ -133,7 +133,7 @@ fn check_integer_core(k: Kernel) {
                 build_tables(table_layout(k), qt, &mut tables[t * tlen..(t + 1) * tlen]);
             }
             let mut acc = vec![0i32; batch * rows_p];
-            int_product(k, &operand, &q, &qsum, &tables, batch, &mut acc);
+            int_product(k, &operand, &q, &qsum, &mut tables, batch, &mut acc);
             for t in 0..batch {
                 for i in 0..rows {
                     let want: i32 = (0..cols)
@@ -183,7 +183,7 @@ fn check_saturating_inputs(k: Kernel) {
         let rows_p = rows.div_ceil(16) * 16;
         let mut acc = vec![0i32; batch * rows_p];
         let op = SignOperand::new(s.as_view());
-        int_product(k, &op, &q, &qsum, &tables, batch, &mut acc);
+        int_product(k, &op, &q, &qsum, &mut tables, batch, &mut acc);
         assert_eq!(acc[0], 127 * cols as i32, "{k}: row 0 saturates");
         for t in 0..batch {
             for i in 0..rows {

@@ -5,6 +5,7 @@
 //! `1, 2, 4, 8` (`16 … 128`) gives `−β` (0 or −1) for the low (high) 4
 //! columns. Each token then costs one `SDOT` per 4 rows × 4 columns; the
 //! expansion is shared by up to 4 tokens. `A = Σq + 2·((−β)·q)`, exactly.
+//! The activations come chunk-interleaved, as for the AVX-512 kernel.
 
 use core::arch::aarch64::*;
 
@@ -28,8 +29,9 @@ pub(crate) fn is_available() -> bool {
 ///
 /// # Safety
 /// The CPU must support NEON and dotprod; `q` must hold
-/// `batch · s.col_bytes · 8` activations, `qsum` `batch` sums and `acc`
-/// `batch · s.tiles · 16` entries.
+/// `batch · s.col_bytes · 8` activations, chunk-interleaved for this
+/// kernel's chunk size (see [`super::super::interleave_tokens`]), `qsum`
+/// `batch` sums and `acc` `batch · s.tiles · 16` entries.
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn dot_product(
     s: &SignOperand<'_>,
@@ -54,9 +56,9 @@ pub(crate) unsafe fn dot_product(
             // checked above; NEON and dotprod are enabled here.
             t0 += unsafe {
                 match left {
-                    4.. => tile_dot::<4>(bytes, q0, cols_p, sums, out, rows_p),
-                    2.. => tile_dot::<2>(bytes, q0, cols_p, sums, out, rows_p),
-                    _ => tile_dot::<1>(bytes, q0, cols_p, sums, out, rows_p),
+                    4.. => tile_dot::<4>(bytes, q0, sums, out, rows_p),
+                    2.. => tile_dot::<2>(bytes, q0, sums, out, rows_p),
+                    _ => tile_dot::<1>(bytes, q0, sums, out, rows_p),
                 }
             };
         }
@@ -77,14 +79,14 @@ const REPLICATE: [[u8; 16]; 4] = [
 /// One tile against `N` tokens; returns `N`.
 ///
 /// # Safety
-/// NEON and dotprod; `q` readable for `N` tokens of `cols_p` bytes each
-/// (token `j` at `q + j·cols_p`); `sums.len() ≥ N`; `out + j·rows_p + i`
-/// writable for `j < N`, `i < 16`; `tile.len() = 16 · cols_p / 8`.
+/// NEON and dotprod; `q` readable for `N` tokens of `cols_p = tile.len() / 2` bytes
+/// each, in the chunk-interleaved layout (column byte `c` of token `j` at
+/// `q + 8·(c·N + j)`); `sums.len() ≥ N`; `out + j·rows_p + i`
+/// writable for `j < N`, `i < 16`.
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn tile_dot<const N: usize>(
     tile: &[u8],
     q: *const i8,
-    cols_p: usize,
     sums: &[i32],
     out: *mut i32,
     rows_p: usize,
@@ -105,9 +107,10 @@ unsafe fn tile_dot<const N: usize>(
             b_hi[k] = vreinterpretq_s8_u8(vtstq_u8(xr, m_hi));
         }
         for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: 8c + 8 ≤ cols_p and j < N: inside token j's bytes.
+            // SAFETY: c < tile.len() / 16 = cols_p / 8 and j < N: the 8 bytes at 8·(c·N + j)
+            // are inside the chunk's N · cols_p bytes.
             let (ql, qh) = unsafe {
-                let p = q.add(j * cols_p + 8 * c);
+                let p = q.add(8 * (c * N + j));
                 (
                     p.cast::<i32>().read_unaligned(),
                     p.add(4).cast::<i32>().read_unaligned(),
