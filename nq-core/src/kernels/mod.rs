@@ -290,7 +290,11 @@ fn lut_product(
 }
 
 /// The dot-product kernels, on chunk-interleaved activations (lengths
-/// checked by [`int_product`]).
+/// checked by [`int_product`]). Unreachable on targets without one.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(unused_variables)
+)]
 fn dot_product(
     kernel: Kernel,
     signs: &SignOperand<'_>,
