@@ -5,8 +5,10 @@
 # It checks what users build: the host workspace (fmt, clippy, tests), nq-core
 # without an allocator and with `alloc`, nq-core for Cortex-M4F/M7
 # (thumbv7em-none-eabihf) and Cortex-M33 (thumbv8m.main-none-eabihf) with and
-# without `defmt`, and nq-core's tests on aarch64 under qemu-user, once on a
-# CPU with dotprod and once without. docs/CI.md has the list and the reasons.
+# without `defmt` and for Cortex-M0+ (thumbv6m-none-eabi), the Cortex-M7
+# firmware example under qemu-system-arm, the board benchmark example, and
+# nq-core's tests on aarch64 under qemu-user, once on a CPU with dotprod and
+# once without. docs/CI.md has the list and the reasons.
 #
 # First it installs what a fresh Debian machine lacks (rustup components and
 # targets, the aarch64 cross gcc, qemu), skipping whatever is already there.
@@ -25,7 +27,7 @@ case "${NQ_TEST_QUICK:-0}" in
 esac
 
 RUST_COMPONENTS=(rustfmt clippy)
-CROSS_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf thumbv8m.main-none-eabihf)
+CROSS_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf thumbv8m.main-none-eabihf thumbv6m-none-eabi)
 # gcc and libc6-dev: the host linker (`cc`) that rustc needs.
 HOST_PACKAGES=(gcc libc6-dev)
 # The aarch64 cross linker and sysroot, qemu-aarch64 (user mode, runs the
@@ -233,6 +235,30 @@ fmt_outside_workspace() {
     ((found)) || echo "    none present"
 }
 
+# The Cortex-M firmware (examples/cortex-m): build it with its own
+# .cargo/config.toml and boot it in QEMU's MPS2 AN500 (Cortex-M7) model. It
+# checks the portable kernel against the scalar oracle on the device and
+# prints `bgemm: PASS`; its cycle counts are emulated (QEMU has no DWT).
+# `-icount shift=0` makes the emulated clock deterministic.
+firmware_runs_in_qemu() {
+    local elf=examples/cortex-m/target/thumbv7em-none-eabihf/release/bgemm out rc=0
+    (cd examples/cortex-m && cargo build --release)
+    out=$(timeout 120 qemu-system-arm -M mps2-an500 -cpu cortex-m7 -nographic \
+        -semihosting-config enable=on,target=native -icount shift=0 -kernel "$elf") || rc=$?
+    printf '%s\n' "$out" | sed 's/^/    /'
+    if ((rc != 0)); then
+        echo "error: firmware exited with status $rc (124: timed out)" >&2
+        return 1
+    fi
+    grep -qx 'bgemm: PASS' <<<"$out"
+}
+
+# The host benchmark example (examples/bgemm-bench) builds and runs: one
+# short pass over the small shapes, batch 1, every kernel this CPU has.
+bgemm_bench_smoke() {
+    (cd examples/bgemm-bench && cargo run --release -q -- --small --batch 1 --min-ms 1)
+}
+
 # A clean clone must build from the committed Cargo.lock as it is.
 lockfile_is_current() {
     cargo metadata --locked --format-version 1 >/dev/null
@@ -272,16 +298,29 @@ fi
 # builds for that target only, so host builds stay cached.
 export CARGO_TARGET_THUMBV7EM_NONE_EABIHF_RUSTFLAGS="-D warnings"
 export CARGO_TARGET_THUMBV8M_MAIN_NONE_EABIHF_RUSTFLAGS="-D warnings"
+export CARGO_TARGET_THUMBV6M_NONE_EABI_RUSTFLAGS="-D warnings"
 
 for target in thumbv7em-none-eabihf thumbv8m.main-none-eabihf; do
     step "build: nq-core for $target" cargo build -p nq-core --target "$target"
     step "build: nq-core for $target --features defmt" \
         cargo build -p nq-core --target "$target" --features defmt
 done
+# Cortex-M0+ (Armv6-M): no FPU, no compare-and-swap atomics; the portable
+# kernel and the kernel selection must still build.
+step "build: nq-core for thumbv6m-none-eabi (Cortex-M0+)" \
+    cargo build -p nq-core --target thumbv6m-none-eabi
 step "clippy: nq-core for thumbv7em-none-eabihf, -D warnings" \
     cargo clippy -p nq-core --target thumbv7em-none-eabihf -- -D warnings
 step "clippy: nq-core for thumbv7em-none-eabihf --features defmt, -D warnings" \
     cargo clippy -p nq-core --target thumbv7em-none-eabihf --features defmt -- -D warnings
+
+step "clippy: examples/cortex-m firmware, -D warnings" \
+    bash -c 'cd examples/cortex-m && cargo clippy --release -- -D warnings'
+step "run: Cortex-M7 firmware under qemu-system-arm (mps2-an500), checks bgemm: PASS" \
+    firmware_runs_in_qemu
+step "clippy: examples/bgemm-bench, -D warnings" \
+    bash -c 'cd examples/bgemm-bench && cargo clippy --release -- -D warnings'
+step "run: examples/bgemm-bench --small (smoke)" bgemm_bench_smoke
 
 step "aarch64: qemu CPU models (max has dotprod, cortex-a72 lacks it)" check_qemu_cpus
 step "clippy: nq-core for aarch64 --features std, all targets, -D warnings" \

@@ -64,6 +64,19 @@ impl<S: AsRef<[u8]>> F16Vector<S> {
             .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
     }
 
+    /// Widens every value into `out[..len()]`, exactly as [`get`](Self::get)
+    /// does, in a loop the compiler vectorizes (the kernels call this once
+    /// per forward instead of converting value by value).
+    ///
+    /// # Panics
+    /// If `out.len() < len()`.
+    pub fn to_f32_into(&self, out: &mut [f32]) {
+        let out = &mut out[..self.len()];
+        for (o, c) in out.iter_mut().zip(self.data.as_ref().chunks_exact(2)) {
+            *o = f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
+        }
+    }
+
     /// The raw little-endian bytes.
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
@@ -77,6 +90,21 @@ impl<S: AsRef<[u8]>> F16Vector<S> {
             data: self.data.as_ref(),
         }
     }
+}
+
+/// IEEE binary16 → binary32, exact, branch-free: the exponent and mantissa
+/// are moved into place and rescaled by 2^112 (normals and subnormals alike);
+/// infinities and NaNs keep an all-ones exponent.
+#[inline]
+fn f16_bits_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    // 2^112 = 0x7780_0000 as f32 bits.
+    let finite = f32::from_bits(em << 13) * f32::from_bits(0x7780_0000);
+    let special = f32::from_bits((em << 13) | 0x7f80_0000);
+    let v = if em >= 0x7c00 { special } else { finite };
+    f32::from_bits(v.to_bits() | sign)
 }
 
 #[cfg(feature = "alloc")]
@@ -110,5 +138,24 @@ mod tests {
         assert_eq!(v.get(1), -2.0);
         assert_eq!(v.get(2), 0.5);
         assert!(F16Vector::new(&bytes[..5]).is_err());
+    }
+
+    #[test]
+    fn bulk_widening_matches_get_for_every_f16() {
+        let bytes: [u8; 2 * 65536] = core::array::from_fn(|i| {
+            let h = (i / 2) as u16;
+            h.to_le_bytes()[i % 2]
+        });
+        let v = F16Vector::new(&bytes[..]).unwrap();
+        let mut out = [0.0f32; 65536];
+        v.to_f32_into(&mut out);
+        for (h, &o) in out.iter().enumerate() {
+            let want = v.get(h);
+            if want.is_nan() {
+                assert!(o.is_nan(), "bits {h:#06x}");
+            } else {
+                assert_eq!(o.to_bits(), want.to_bits(), "bits {h:#06x}");
+            }
+        }
     }
 }

@@ -116,6 +116,12 @@ impl<S: AsRef<[u8]>> SignMatrix<S> {
         }
     }
 
+    /// Gives back the storage.
+    #[inline]
+    pub fn into_inner(self) -> S {
+        self.data
+    }
+
     /// A borrowing view of the same matrix.
     #[inline]
     pub fn as_view(&self) -> SignMatrix<&[u8]> {

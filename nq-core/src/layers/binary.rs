@@ -1,6 +1,7 @@
 //! `BinaryLinear`: full-rank signs with row and column scales.
 
 use super::ShapeError;
+use crate::kernels::{self, sign_product, sign_product_scratch_len, Kernel};
 use crate::{F16Vector, SignMatrix};
 
 /// `W ≈ diag(s_row) · B · diag(s_col)` with `B ∈ {±1}^{m×n}` (1 bit per
@@ -104,6 +105,72 @@ impl<S: AsRef<[u8]>> BinaryLinear<S> {
             }
             let bias = self.bias.as_ref().map_or(0.0, |b| f64::from(b.get(i)));
             *yi = (f64::from(self.s_row.get(i)) * acc + bias) as f32;
+        }
+    }
+
+    /// Scratch floats [`forward`](Self::forward) and
+    /// [`forward_with`](Self::forward_with) need for `batch` tokens, enough
+    /// for every kernel.
+    pub fn forward_scratch_len(&self, batch: usize) -> usize {
+        let (m, n) = (self.out_features(), self.in_features());
+        n + 2 * m + batch * n + sign_product_scratch_len(m, n, batch)
+    }
+
+    /// `y = s_row ⊙ (B · (s_col ⊙ x)) + bias` for `batch` tokens (`x` is
+    /// `batch × n`, `y` is `batch × m`, row-major) with the kernel
+    /// [`kernels::selected`] names. Allocation-free; int8 activations inside
+    /// (error budget in [`kernels`]).
+    ///
+    /// # Panics
+    /// If `x.len() != batch · n`, `y.len() != batch · m` or `scratch` is
+    /// shorter than [`forward_scratch_len`](Self::forward_scratch_len).
+    pub fn forward(&self, x: &[f32], batch: usize, y: &mut [f32], scratch: &mut [f32]) {
+        self.forward_with(kernels::selected(), x, batch, y, scratch);
+    }
+
+    /// [`forward`](Self::forward) with a given kernel.
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward), and if `kernel` is not available on
+    /// this CPU.
+    pub fn forward_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (m, n) = (self.out_features(), self.in_features());
+        assert_eq!(x.len(), batch * n, "input length");
+        assert_eq!(y.len(), batch * m, "output length");
+        assert!(
+            scratch.len() >= self.forward_scratch_len(batch),
+            "scratch length"
+        );
+        if batch == 0 {
+            return;
+        }
+        let (s_col, rest) = scratch.split_at_mut(n);
+        let (s_row, rest) = rest.split_at_mut(m);
+        let (bias, rest) = rest.split_at_mut(m);
+        let (z, rest) = rest.split_at_mut(batch * n);
+        self.s_col.to_f32_into(s_col);
+        self.s_row.to_f32_into(s_row);
+        match &self.bias {
+            Some(b) => b.to_f32_into(bias),
+            None => bias.fill(0.0),
+        }
+        for (zb, xb) in z.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+            for ((zj, &xj), &s) in zb.iter_mut().zip(xb).zip(&*s_col) {
+                *zj = xj * s;
+            }
+        }
+        sign_product(kernel, &self.signs.as_view(), z, batch, y, rest);
+        for yb in y.chunks_exact_mut(m) {
+            for ((yi, &s), &b) in yb.iter_mut().zip(&*s_row).zip(&*bias) {
+                *yi = s * *yi + b;
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! `FactorizedLinear`: NanoQuant's low-rank binary layer.
 
 use super::ShapeError;
+use crate::kernels::{self, sign_product, sign_product_scratch_len, Kernel};
 use crate::{F16Vector, SignMatrix};
 
 /// `W ≈ diag(s_post) · U · V · diag(s_pre)` with `U ∈ {±1}^{m×r}`,
@@ -127,6 +128,76 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
             }
             let bias = self.bias.as_ref().map_or(0.0, |b| f64::from(b.get(i)));
             *yi = (f64::from(self.s_post.get(i)) * acc + bias) as f32;
+        }
+    }
+
+    /// Scratch floats [`forward`](Self::forward) and
+    /// [`forward_with`](Self::forward_with) need for `batch` tokens, enough
+    /// for every kernel.
+    pub fn forward_scratch_len(&self, batch: usize) -> usize {
+        let (m, n, r) = (self.out_features(), self.in_features(), self.rank());
+        n + 2 * m
+            + batch * (n + r)
+            + sign_product_scratch_len(r, n, batch).max(sign_product_scratch_len(m, r, batch))
+    }
+
+    /// `y = s_post ⊙ (U · (V · (s_pre ⊙ x))) + bias` for `batch` tokens
+    /// (`x` is `batch × n`, `y` is `batch × m`, row-major) with the kernel
+    /// [`kernels::selected`] names. Allocation-free; int8 activations inside
+    /// (error budget in [`kernels`]).
+    ///
+    /// # Panics
+    /// If `x.len() != batch · n`, `y.len() != batch · m` or `scratch` is
+    /// shorter than [`forward_scratch_len`](Self::forward_scratch_len).
+    pub fn forward(&self, x: &[f32], batch: usize, y: &mut [f32], scratch: &mut [f32]) {
+        self.forward_with(kernels::selected(), x, batch, y, scratch);
+    }
+
+    /// [`forward`](Self::forward) with a given kernel.
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward), and if `kernel` is not available on
+    /// this CPU.
+    pub fn forward_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (m, n, r) = (self.out_features(), self.in_features(), self.rank());
+        assert_eq!(x.len(), batch * n, "input length");
+        assert_eq!(y.len(), batch * m, "output length");
+        assert!(
+            scratch.len() >= self.forward_scratch_len(batch),
+            "scratch length"
+        );
+        if batch == 0 {
+            return;
+        }
+        let (s_pre, rest) = scratch.split_at_mut(n);
+        let (s_post, rest) = rest.split_at_mut(m);
+        let (bias, rest) = rest.split_at_mut(m);
+        let (z, rest) = rest.split_at_mut(batch * n);
+        let (t, rest) = rest.split_at_mut(batch * r);
+        self.s_pre.to_f32_into(s_pre);
+        self.s_post.to_f32_into(s_post);
+        match &self.bias {
+            Some(b) => b.to_f32_into(bias),
+            None => bias.fill(0.0),
+        }
+        for (zb, xb) in z.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+            for ((zj, &xj), &s) in zb.iter_mut().zip(xb).zip(&*s_pre) {
+                *zj = xj * s;
+            }
+        }
+        sign_product(kernel, &self.v.as_view(), z, batch, t, rest);
+        sign_product(kernel, &self.u.as_view(), t, batch, y, rest);
+        for yb in y.chunks_exact_mut(m) {
+            for ((yi, &s), &b) in yb.iter_mut().zip(&*s_post).zip(&*bias) {
+                *yi = s * *yi + b;
+            }
         }
     }
 

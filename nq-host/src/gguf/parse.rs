@@ -287,7 +287,7 @@ fn read_tensor_info(c: &mut Cursor<'_>, i: usize) -> Result<TensorInfo, GgufErro
 
 /// Checks alignment and that the tensor lies inside the data section.
 fn check_placement(t: &TensorInfo, alignment: u64, data_len: usize) -> Result<(), GgufError> {
-    if t.offset % alignment != 0 {
+    if !t.offset.is_multiple_of(alignment) {
         return Err(GgufError::MisalignedTensor {
             tensor: t.name.clone(),
             offset: t.offset,
@@ -295,7 +295,7 @@ fn check_placement(t: &TensorInfo, alignment: u64, data_len: usize) -> Result<()
         });
     }
     let end = t.offset.checked_add(t.n_bytes as u64);
-    if !end.is_some_and(|end| end <= data_len as u64) {
+    if end.is_none_or(|end| end > data_len as u64) {
         return Err(GgufError::TensorOutOfBounds {
             tensor: t.name.clone(),
             offset: t.offset,

@@ -170,7 +170,7 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig, LoadError> {
 /// When `head_dim` is odd or `rows.len() != n_heads · head_dim · cols`;
 /// the loader checks both before calling.
 pub fn unpermute_rope_rows(rows: &[f32], cols: usize, n_heads: usize, head_dim: usize) -> Vec<f32> {
-    assert!(head_dim % 2 == 0, "head_dim {head_dim} is odd");
+    assert!(head_dim.is_multiple_of(2), "head_dim {head_dim} is odd");
     assert_eq!(rows.len(), n_heads * head_dim * cols, "row count");
     let half = head_dim / 2;
     let mut out = vec![0.0; rows.len()];
@@ -195,7 +195,7 @@ pub fn unpermute_rope_rows(rows: &[f32], cols: usize, n_heads: usize, head_dim: 
 ///
 /// As [`unpermute_rope_rows`].
 pub fn permute_rope_rows(rows: &[f32], cols: usize, n_heads: usize, head_dim: usize) -> Vec<f32> {
-    assert!(head_dim % 2 == 0, "head_dim {head_dim} is odd");
+    assert!(head_dim.is_multiple_of(2), "head_dim {head_dim} is odd");
     assert_eq!(rows.len(), n_heads * head_dim * cols, "row count");
     let half = head_dim / 2;
     let mut out = vec![0.0; rows.len()];

@@ -142,7 +142,7 @@ impl AlignStats {
         if n == 0 {
             return Err(FactorError::Empty { rows: 0, cols: 0 });
         }
-        if x_fp.len() % n != 0 {
+        if !x_fp.len().is_multiple_of(n) {
             return Err(FactorError::Length {
                 what: "full-precision inputs",
                 expected: x_fp.len() / n * n,

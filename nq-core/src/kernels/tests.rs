@@ -1,0 +1,474 @@
+//! Every kernel against the scalar oracles.
+//!
+//! * The integer core must equal `Σ_j S(i, j) · q_j` computed from unpacked
+//!   ±1 values, bit for bit, whatever the padding bits hold.
+//! * The layers' `forward_with` must stay within the int8 error budget of
+//!   the module docs ([`error_bound_binary`], [`error_bound_factorized`],
+//!   plus a few f32 ulps) of the f64 `forward_ref` oracles.
+//! * Every kernel must return exactly the portable kernel's floats.
+//!
+//! [`kernel_tests!`] instantiates the suite once per [`Kernel`]; kernels the
+//! CPU lacks are skipped with a message on stderr that test capture does not
+//! hide.
+
+use super::quant::{build_tables, table_len};
+use super::*;
+use crate::sign::{col_bytes, packed_len};
+use crate::{BinaryLinear, F16Vector, FactorizedLinear, SignMatrix};
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// splitmix64: small, seedable, good enough for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Uniform in [-a, a).
+    fn uniform(&mut self, a: f32) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+    }
+    /// Mostly uniform in [-a, a), sometimes exactly zero.
+    fn value(&mut self, a: f32) -> f32 {
+        if self.below(8) == 0 {
+            0.0
+        } else {
+            self.uniform(a)
+        }
+    }
+    fn values(&mut self, n: usize, a: f32) -> Vec<f32> {
+        (0..n).map(|_| self.value(a)).collect()
+    }
+    /// Random packed bytes: padding rows and columns get random bits too,
+    /// which readers must ignore.
+    fn signs(&mut self, rows: usize, cols: usize) -> SignMatrix<Vec<u8>> {
+        let len = packed_len(rows, cols).unwrap();
+        let bytes = (0..len).map(|_| self.next() as u8).collect();
+        SignMatrix::new(rows, cols, bytes).unwrap()
+    }
+}
+
+/// Prints past the test harness's capture, so skips are visible.
+fn say(msg: core::fmt::Arguments<'_>) {
+    use std::io::Write;
+    // One write per line, so parallel tests do not interleave mid-line.
+    let line = alloc::format!("{msg}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+fn usable(k: Kernel) -> bool {
+    if k.is_available() {
+        true
+    } else {
+        say(format_args!(
+            "    skipped: kernel `{k}` is not available on this CPU"
+        ));
+        false
+    }
+}
+
+const BATCHES: [usize; 8] = [1, 2, 3, 4, 5, 8, 16, 17];
+
+/// `(rows, cols)` of sign products: 1–3 rows, sizes off every multiple of
+/// 4/8/32/128, and columns past the int16 flush points (256, 512).
+const PRODUCT_SHAPES: [(usize, usize); 10] = [
+    (1, 1),
+    (2, 3),
+    (3, 7),
+    (17, 31),
+    (5, 129),
+    (33, 257),
+    (16, 513),
+    (31, 100),
+    (45, 1100),
+    (130, 45),
+];
+
+/// `(m, n, r)` of factorized layers: rank 1 and rank = min(m, n) included.
+const FACTORIZED_SHAPES: [(usize, usize, usize); 10] = [
+    (1, 1, 1),
+    (2, 3, 1),
+    (3, 5, 3),
+    (17, 33, 5),
+    (5, 129, 5),
+    (40, 257, 19),
+    (130, 45, 45),
+    (33, 100, 1),
+    (7, 300, 7),
+    (70, 600, 33),
+];
+
+/// The integer core against `Σ_j S(i, j) · q_j` over unpacked signs.
+fn check_integer_core(k: Kernel) {
+    let mut rng = Rng(1);
+    for &(rows, cols) in &PRODUCT_SHAPES {
+        let s = rng.signs(rows, cols);
+        let operand = SignOperand::new(s.as_view());
+        let cols_p = col_bytes(cols) * 8;
+        let rows_p = operand.tiles * 16;
+        for &batch in &BATCHES {
+            let mut q = vec![0i8; batch * cols_p];
+            let mut qsum = vec![0i32; batch];
+            let tlen = table_len(cols_p);
+            let mut tables = vec![0i16; batch * tlen];
+            for t in 0..batch {
+                let qt = &mut q[t * cols_p..(t + 1) * cols_p];
+                for (j, v) in qt.iter_mut().enumerate().take(cols) {
+                    // Extremes often: they stress the int16 partial sums.
+                    *v = match (rng.below(4), j % 2) {
+                        (0, 0) => 127,
+                        (0, _) => -127,
+                        _ => (rng.below(255) as i32 - 127) as i8,
+                    };
+                }
+                qsum[t] = qt.iter().map(|&v| i32::from(v)).sum();
+                build_tables(table_layout(k), qt, &mut tables[t * tlen..(t + 1) * tlen]);
+            }
+            let mut acc = vec![0i32; batch * rows_p];
+            int_product(k, &operand, &q, &qsum, &mut tables, batch, &mut acc);
+            for t in 0..batch {
+                for i in 0..rows {
+                    let want: i32 = (0..cols)
+                        .map(|j| i32::from(s.sign(i, j)) * i32::from(q[t * cols_p + j]))
+                        .sum();
+                    assert_eq!(
+                        acc[t * rows_p + i],
+                        want,
+                        "{k}: {rows}×{cols}, batch {batch}, token {t}, row {i}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Largest possible partial sums: every activation ±127 aligned with the
+/// signs, so every table entry used is ±508, over 2000 columns.
+fn check_saturating_inputs(k: Kernel) {
+    let (rows, cols) = (19, 2000);
+    let s = SignMatrix::from_fn(rows, cols, |i, j| (i + j) % 3 == 0);
+    let cols_p = col_bytes(cols) * 8;
+    let mut q = vec![0i8; 2 * cols_p];
+    for j in 0..cols {
+        // Token 0 matches row 0's signs; token 1 is all +127.
+        q[j] = if s.sign(0, j) < 0 { -127 } else { 127 };
+        q[cols_p + j] = 127;
+    }
+    for batch in [1, 2] {
+        let qsum: Vec<i32> = (0..batch)
+            .map(|t| {
+                q[t * cols_p..][..cols_p]
+                    .iter()
+                    .map(|&v| i32::from(v))
+                    .sum()
+            })
+            .collect();
+        let tlen = table_len(cols_p);
+        let mut tables = vec![0i16; batch * tlen];
+        for t in 0..batch {
+            build_tables(
+                table_layout(k),
+                &q[t * cols_p..(t + 1) * cols_p],
+                &mut tables[t * tlen..],
+            );
+        }
+        let rows_p = rows.div_ceil(16) * 16;
+        let mut acc = vec![0i32; batch * rows_p];
+        let op = SignOperand::new(s.as_view());
+        int_product(k, &op, &q, &qsum, &mut tables, batch, &mut acc);
+        assert_eq!(acc[0], 127 * cols as i32, "{k}: row 0 saturates");
+        for t in 0..batch {
+            for i in 0..rows {
+                let want: i32 = (0..cols)
+                    .map(|j| i32::from(s.sign(i, j)) * i32::from(q[t * cols_p + j]))
+                    .sum();
+                assert_eq!(acc[t * rows_p + i], want, "{k}: token {t}, row {i}");
+            }
+        }
+    }
+}
+
+fn f16_vec(v: &[f32]) -> F16Vector<Vec<u8>> {
+    F16Vector::from_f32(v)
+}
+
+fn random_binary(rng: &mut Rng, m: usize, n: usize, bias: bool) -> BinaryLinear<Vec<u8>> {
+    BinaryLinear::new(
+        rng.signs(m, n),
+        f16_vec(&rng.values(n, 2.0)),
+        f16_vec(&rng.values(m, 2.0)),
+        bias.then(|| f16_vec(&rng.values(m, 1.0))),
+    )
+    .unwrap()
+}
+
+fn random_factorized(
+    rng: &mut Rng,
+    m: usize,
+    n: usize,
+    r: usize,
+    bias: bool,
+) -> FactorizedLinear<Vec<u8>> {
+    FactorizedLinear::new(
+        rng.signs(m, r),
+        rng.signs(r, n),
+        f16_vec(&rng.values(n, 2.0)),
+        f16_vec(&rng.values(m, 0.5)),
+        bias.then(|| f16_vec(&rng.values(m, 1.0))),
+    )
+    .unwrap()
+}
+
+/// f32 rounding slack on top of the quantization budget.
+fn slack(magnitude: f64) -> f64 {
+    1e-5 * magnitude + 1e-6
+}
+
+fn check_binary(k: Kernel) {
+    let mut rng = Rng(2);
+    for &(m, n) in &PRODUCT_SHAPES {
+        for bias in [false, true] {
+            let l = random_binary(&mut rng, m, n, bias);
+            for batch in 1..=17 {
+                let x = rng.values(batch * n, 3.0);
+                let mut y = vec![f32::NAN; batch * m];
+                let mut scratch = vec![f32::NAN; l.forward_scratch_len(batch)];
+                l.forward_with(k, &x, batch, &mut y, &mut scratch);
+                let mut want = vec![0.0f32; m];
+                let mut tmp = vec![0.0f32; n];
+                for b in 0..batch {
+                    let xb = &x[b * n..(b + 1) * n];
+                    l.forward_ref(xb, &mut want, &mut tmp);
+                    let z: Vec<f32> = (0..n).map(|j| l.s_col().get(j) * xb[j]).collect();
+                    let max_z = z.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                    let sum_z: f64 = z.iter().map(|v| f64::from(v.abs())).sum();
+                    let budget = f64::from(error_bound_binary(n, max_z));
+                    for i in 0..m {
+                        let s = f64::from(l.s_row().get(i)).abs();
+                        let bi = l.bias().map_or(0.0, |v| f64::from(v.get(i)).abs());
+                        let tol = s * budget + slack(s * sum_z + bi);
+                        let err = (f64::from(y[b * m + i]) - f64::from(want[i])).abs();
+                        assert!(
+                            err <= tol,
+                            "{k}: {m}×{n} bias {bias} batch {batch} token {b} row {i}: \
+                             got {} want {} (err {err}, budget {tol})",
+                            y[b * m + i],
+                            want[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_factorized(k: Kernel) {
+    let mut rng = Rng(3);
+    for &(m, n, r) in &FACTORIZED_SHAPES {
+        for bias in [false, true] {
+            let l = random_factorized(&mut rng, m, n, r, bias);
+            for batch in 1..=17 {
+                let x = rng.values(batch * n, 3.0);
+                let mut y = vec![f32::NAN; batch * m];
+                let mut scratch = vec![f32::NAN; l.forward_scratch_len(batch)];
+                l.forward_with(k, &x, batch, &mut y, &mut scratch);
+                let mut want = vec![0.0f32; m];
+                let mut t_ref = vec![0.0f32; r];
+                for b in 0..batch {
+                    let xb = &x[b * n..(b + 1) * n];
+                    l.forward_ref(xb, &mut want, &mut t_ref);
+                    let z: Vec<f32> = (0..n).map(|j| l.s_pre().get(j) * xb[j]).collect();
+                    let max_z = z.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                    let max_t = t_ref.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                    let sum_z: f64 = z.iter().map(|v| f64::from(v.abs())).sum();
+                    let budget = f64::from(error_bound_factorized(n, r, max_z, max_t));
+                    for i in 0..m {
+                        let s = f64::from(l.s_post().get(i)).abs();
+                        let bi = l.bias().map_or(0.0, |v| f64::from(v.get(i)).abs());
+                        let tol = s * budget + slack(s * r as f64 * sum_z + bi);
+                        let err = (f64::from(y[b * m + i]) - f64::from(want[i])).abs();
+                        assert!(
+                            err <= tol,
+                            "{k}: {m}×{n} r {r} bias {bias} batch {batch} token {b} row {i}: \
+                             got {} want {} (err {err}, budget {tol})",
+                            y[b * m + i],
+                            want[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_same_as_portable(k: Kernel) {
+    let mut rng = Rng(4);
+    for &(m, n, r) in &FACTORIZED_SHAPES {
+        let l = random_factorized(&mut rng, m, n, r, true);
+        let b = random_binary(&mut rng, m, n, true);
+        for &batch in &BATCHES {
+            let x = rng.values(batch * n, 3.0);
+            let mut scratch = vec![0.0f32; l.forward_scratch_len(batch)];
+            let mut y = vec![0.0f32; batch * m];
+            let mut y_p = vec![0.0f32; batch * m];
+            l.forward_with(k, &x, batch, &mut y, &mut scratch);
+            l.forward_with(Kernel::Portable, &x, batch, &mut y_p, &mut scratch);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&y),
+                bits(&y_p),
+                "{k}: factorized {m}×{n} r {r}, batch {batch}"
+            );
+            let mut scratch = vec![0.0f32; b.forward_scratch_len(batch)];
+            b.forward_with(k, &x, batch, &mut y, &mut scratch);
+            b.forward_with(Kernel::Portable, &x, batch, &mut y_p, &mut scratch);
+            assert_eq!(bits(&y), bits(&y_p), "{k}: binary {m}×{n}, batch {batch}");
+        }
+    }
+}
+
+/// The kernel's table builder against the scalar one, byte for byte.
+fn check_table_builder(k: Kernel) {
+    let mut rng = Rng(7);
+    for cols_p in [32, 64, 96, 4096 + 32] {
+        let q: Vec<i8> = (0..cols_p)
+            .map(|_| (rng.below(255) as i32 - 127) as i8)
+            .collect();
+        let mut want = vec![0i16; table_len(cols_p)];
+        let mut got = vec![0i16; table_len(cols_p)];
+        build_tables(table_layout(k), &q, &mut want);
+        build_tables_for(k, &q, &mut got);
+        assert_eq!(got, want, "{k}: {cols_p} columns");
+    }
+}
+
+/// Named cases: zero input (output is the bias), one-hot input.
+fn check_regressions(k: Kernel) {
+    let mut rng = Rng(5);
+    let l = random_factorized(&mut rng, 20, 40, 8, true);
+    let x = vec![0.0f32; 3 * 40];
+    let mut y = vec![f32::NAN; 3 * 20];
+    let mut scratch = vec![0.0f32; l.forward_scratch_len(3)];
+    l.forward_with(k, &x, 3, &mut y, &mut scratch);
+    for b in 0..3 {
+        for i in 0..20 {
+            assert_eq!(y[b * 20 + i], l.bias().unwrap().get(i), "{k}: zero input");
+        }
+    }
+    // x = e_j: y = s_row ⊙ B[:, j] · s_col[j], exact (127 · δ = |x_j|).
+    let s = SignMatrix::from_fn(5, 9, |i, j| (i * j) % 2 == 1);
+    let ones = f16_vec(&[1.0; 9]);
+    let row = f16_vec(&[1.0; 5]);
+    let b = BinaryLinear::new(s, ones, row, None).unwrap();
+    let mut x = vec![0.0f32; 9];
+    x[3] = -0.75;
+    let mut y = vec![0.0f32; 5];
+    let mut scratch = vec![0.0f32; b.forward_scratch_len(1)];
+    b.forward_with(k, &x, 1, &mut y, &mut scratch);
+    for (i, &yi) in y.iter().enumerate() {
+        assert_eq!(
+            yi,
+            -0.75 * f32::from(b.signs().sign(i, 3)),
+            "{k}: one-hot row {i}"
+        );
+    }
+}
+
+/// Instantiates the suite for each named kernel.
+macro_rules! kernel_tests {
+    ($($name:ident => $kernel:expr),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn integer_core_is_exact() {
+                if usable($kernel) {
+                    check_integer_core($kernel);
+                }
+            }
+
+            #[test]
+            fn integer_core_handles_saturating_inputs() {
+                if usable($kernel) {
+                    check_saturating_inputs($kernel);
+                }
+            }
+
+            #[test]
+            fn binary_within_budget_of_oracle() {
+                if usable($kernel) {
+                    check_binary($kernel);
+                }
+            }
+
+            #[test]
+            fn factorized_within_budget_of_oracle() {
+                if usable($kernel) {
+                    check_factorized($kernel);
+                }
+            }
+
+            #[test]
+            fn bit_identical_to_portable() {
+                if usable($kernel) {
+                    check_same_as_portable($kernel);
+                }
+            }
+
+            #[test]
+            fn table_builder_matches_scalar() {
+                if usable($kernel) {
+                    check_table_builder($kernel);
+                }
+            }
+
+            #[test]
+            fn regressions() {
+                if usable($kernel) {
+                    check_regressions($kernel);
+                }
+            }
+        }
+    )*};
+}
+
+kernel_tests! {
+    portable => Kernel::Portable,
+    avx2 => Kernel::Avx2,
+    avx512 => Kernel::Avx512,
+    neon => Kernel::Neon,
+    neon_dotprod => Kernel::NeonDotprod,
+}
+
+#[test]
+fn forcing_a_kernel_changes_the_selection() {
+    assert!(available().any(|k| k == Kernel::Portable));
+    assert!(best().is_available());
+    set_forced_kernel(Some(Kernel::Portable));
+    assert_eq!(selected(), Kernel::Portable);
+    set_forced_kernel(None);
+    assert_eq!(selected(), best());
+    let names: Vec<&str> = available().map(Kernel::name).collect();
+    say(format_args!(
+        "    kernels available here: {names:?}, best: {}",
+        best()
+    ));
+}
+
+#[test]
+#[should_panic(expected = "scratch length")]
+fn short_scratch_panics() {
+    let mut rng = Rng(6);
+    let l = random_binary(&mut rng, 4, 4, false);
+    let mut y = vec![0.0f32; 4];
+    let mut scratch = vec![0.0f32; l.forward_scratch_len(1) - 1];
+    l.forward(&[1.0; 4], 1, &mut y, &mut scratch);
+}
