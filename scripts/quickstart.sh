@@ -12,7 +12,7 @@
 # WINDOWS (16), OUT (out/), PROMPT, QUANT_ARGS (extra `nq-host quantize`
 # flags, e.g. "--recipe admm-only" for a fast run without reconstruction).
 #
-# With the cpu preset the quantization takes about 40-60 minutes on a
+# With the cpu preset the quantization takes about 30 minutes on a
 # 2-core machine (statistics, ADMM and block reconstruction of 210 layers).
 set -euo pipefail
 
