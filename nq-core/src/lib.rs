@@ -35,6 +35,7 @@ pub mod blob;
 pub mod f16vec;
 pub mod kernels;
 pub mod layers;
+pub mod runtime;
 pub mod sign;
 
 pub use blob::{Blob, BlobError, BlobView, ModelConfig, TensorView};
@@ -44,4 +45,5 @@ pub use layers::{
     BinaryLinear, DenseDtype, DenseTensor, FactorizedLinear, Linear, RowBits, RowQuantTensor,
     ShapeError,
 };
+pub use runtime::{KvDtype, Runtime, RuntimeError};
 pub use sign::SignMatrix;
