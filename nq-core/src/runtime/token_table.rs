@@ -156,9 +156,10 @@ mod tests {
         let mut long = good.clone();
         long.push(0);
         assert_eq!(TokenTable::parse(&long), Err(TokenTableError::BadOffsets));
-        // Decreasing offsets.
-        let mut dec = good.clone();
-        dec[8..12].copy_from_slice(&3u32.to_le_bytes());
+        // Decreasing offsets ([0, 2, 1, 3]), last one still right.
+        let mut dec = build(&[b"a", b"b", b"c"]);
+        dec[8..12].copy_from_slice(&2u32.to_le_bytes());
+        dec[12..16].copy_from_slice(&1u32.to_le_bytes());
         assert_eq!(TokenTable::parse(&dec), Err(TokenTableError::BadOffsets));
         // Nonzero first offset.
         let mut first = good.clone();
