@@ -285,3 +285,57 @@ fn small_arena_falls_back_to_smaller_batches() {
         .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(diff <= 1e-4, "{diff}");
 }
+
+/// The real model: a SmolLM2-135M blob named by `NQ_SMOLLM2_BLOB` (make one
+/// with `nq-host quantize … --recipe admm-only --out /tmp/s.nqb`, see
+/// docs/BENCHMARKS.md "Runtime"). Ignored by default (needs the blob and a
+/// release build to be quick): `NQ_SMOLLM2_BLOB=/tmp/s.nqb cargo test
+/// --release -p nq-host --test runtime -- --ignored`.
+///
+/// Checks the logits of a 24-token prompt and 8 teacher-forced decode steps
+/// against the reference within [`REL_TOL`], and reports how many of 32
+/// greedy tokens agree with the reference's greedy continuation.
+#[test]
+#[ignore]
+fn smollm2_blob_matches_reference() {
+    let Some(path) = std::env::var_os("NQ_SMOLLM2_BLOB") else {
+        eprintln!("SKIP: NQ_SMOLLM2_BLOB is not set");
+        return;
+    };
+    let bytes = std::fs::read(path).unwrap();
+    let view = Blob::parse(&bytes).unwrap();
+    let w = dequantize_blob(&view).unwrap();
+    let vocab = w.config.vocab_size as usize;
+    let seq: Vec<u32> = (0..32u32).map(|i| 200 + (i * 977) % 20000).collect();
+    let want = forward(&w, &seq, None).unwrap();
+    let ctx = 96;
+    let mut mem = arena(&view, ctx, KvDtype::F32);
+    let mut rt = Runtime::new(view, &mut mem, ctx, KvDtype::F32).unwrap();
+    let mut worst = rel_err(
+        rt.prefill(&seq[..24]).unwrap(),
+        &want[23 * vocab..24 * vocab],
+    );
+    for p in 24..32 {
+        let l = rt.decode(seq[p]).unwrap();
+        worst = worst.max(rel_err(l, &want[p * vocab..(p + 1) * vocab]));
+    }
+    eprintln!("SmolLM2: max |Δlogit|/max|logit| = {worst:.4}");
+    assert!(worst < REL_TOL, "{worst}");
+    // Greedy agreement (reported; argmax flips at small margins are expected).
+    let mut ids = seq[..8].to_vec();
+    for _ in 0..32 {
+        let l = nq_host::model::forward::prefill(&w, &ids).unwrap();
+        ids.push(argmax(&l));
+    }
+    rt.reset();
+    let mut next = argmax(rt.prefill(&seq[..8]).unwrap());
+    let mut agree = 0;
+    for &r in &ids[8..] {
+        if next != r {
+            break;
+        }
+        agree += 1;
+        next = argmax(rt.decode(next).unwrap());
+    }
+    eprintln!("SmolLM2: greedy agreement {agree} / 32 tokens");
+}

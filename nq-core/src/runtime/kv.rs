@@ -97,7 +97,7 @@ impl KvCache<'_> {
             KvStore::F16(d) => d[base..base + hd]
                 .iter()
                 .zip(q)
-                .map(|(&k, &qv)| f16::from_bits(k).to_f32() * qv)
+                .map(|(&k, &qv)| super::ops::f16_to_f32(k) * qv)
                 .sum(),
             KvStore::I8 { codes, scales } => {
                 let acc: f32 = codes[base..base + hd]
@@ -123,7 +123,7 @@ impl KvCache<'_> {
             }
             KvStore::F16(d) => {
                 for (o, &v) in out.iter_mut().zip(&d[base..base + hd]) {
-                    *o += w * f16::from_bits(v).to_f32();
+                    *o += w * super::ops::f16_to_f32(v);
                 }
             }
             KvStore::I8 { codes, scales } => {

@@ -486,8 +486,7 @@ impl<'a> Runtime<'a> {
         ops::rmsnorm_row(last, &self.view.output_norm()?, eps, hl);
         match self.view.lm_head()? {
             Head::Embedding(e) => {
-                let mut buf = [0.0f32; 64];
-                ops::table_matvec(&e, hl, self.logits, &mut buf);
+                ops::table_matvec(&e, hl, self.logits);
             }
             Head::Linear(lin) => ops::linear_forward(&lin, hl, 1, self.logits, scratch),
         }

@@ -4,11 +4,27 @@
 //! operation for operation where that matters for agreement (f64 mean of
 //! squares in RMSNorm, f64 RoPE angles, f64 softmax sum).
 
-use half::f16;
-
 use crate::blob::Embedding;
 use crate::layers::{DenseDtype, Linear, RowBits};
 use crate::DenseTensor;
+
+/// IEEE half (bits) to f32, branch-free so loops over rows vectorize:
+/// the exponent/mantissa field shifted into f32 position and multiplied by
+/// 2^112 rebias normals and subnormals exactly; infinities and NaNs
+/// (exponent 31) get an all-ones f32 exponent.
+#[inline]
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let em = (h & 0x7fff) << 13;
+    let scaled = (f32::from_bits(em) * f32::from_bits(0x7780_0000)).to_bits();
+    let bits = if em >= 0x0f80_0000 {
+        em | 0x7f80_0000
+    } else {
+        scaled
+    };
+    f32::from_bits(bits | sign)
+}
 
 /// `out = x / rms(x) ⊙ w` for one row (`x`, `out` and `w` of equal length).
 pub(crate) fn rmsnorm_row(x: &[f32], w: &DenseTensor<&[u8]>, eps: f32, out: &mut [f32]) {
@@ -88,8 +104,74 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
+/// `Σ f16(row_j) · x_j` for little-endian f16 bytes, 16 lanes of
+/// accumulators so the compiler vectorizes the convert-and-multiply.
+fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let (rc, xc) = (row.chunks_exact(2 * L), x.chunks_exact(L));
+    let (rr, xr) = (rc.remainder(), xc.remainder());
+    for (r, xs) in rc.zip(xc) {
+        for k in 0..L {
+            let h = u16::from_le_bytes([r[2 * k], r[2 * k + 1]]);
+            acc[k] += f16_to_f32(h) * xs[k];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (b, &xv) in rr.chunks_exact(2).zip(xr) {
+        tail += f16_to_f32(u16::from_le_bytes([b[0], b[1]])) * xv;
+    }
+    let mut half = L;
+    while half > 1 {
+        half /= 2;
+        for k in 0..half {
+            acc[k] += acc[k + half];
+        }
+    }
+    acc[0] + tail
+}
+
+/// `Σ code_j · x_j` over int8 codes, 16 lanes of accumulators.
+fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let (rc, xc) = (row.chunks_exact(L), x.chunks_exact(L));
+    let (rr, xr) = (rc.remainder(), xc.remainder());
+    for (r, xs) in rc.zip(xc) {
+        for k in 0..L {
+            acc[k] += f32::from(r[k] as i8) * xs[k];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (&c, &xv) in rr.iter().zip(xr) {
+        tail += f32::from(c as i8) * xv;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ code_j · x_j` over 4-bit codes (low nibble first, offset 8).
+fn dot_q4(row: &[u8], x: &[f32]) -> f32 {
+    const L: usize = 8;
+    let mut acc = [0.0f32; 2 * L];
+    let (rc, xc) = (row.chunks_exact(L), x.chunks_exact(2 * L));
+    for (r, xs) in rc.zip(xc) {
+        for k in 0..L {
+            acc[2 * k] += f32::from((r[k] & 0x0F) as i8 - 8) * xs[2 * k];
+            acc[2 * k + 1] += f32::from((r[k] >> 4) as i8 - 8) * xs[2 * k + 1];
+        }
+    }
+    let done = x.len() / (2 * L) * (2 * L);
+    let mut tail = 0.0f32;
+    for (j, &xv) in x.iter().enumerate().skip(done) {
+        let byte = row[j / 2];
+        let nib = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+        tail += f32::from(nib as i8 - 8) * xv;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Row `i` of a dense table dotted with `x` (`x.len() == cols`).
-fn dense_row_dot(t: &DenseTensor<&[u8]>, i: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+fn dense_row_dot(t: &DenseTensor<&[u8]>, i: usize, x: &[f32]) -> f32 {
     let n = t.cols();
     match t.dtype() {
         DenseDtype::F32 => {
@@ -100,55 +182,31 @@ fn dense_row_dot(t: &DenseTensor<&[u8]>, i: usize, x: &[f32], buf: &mut [f32]) -
             }
             acc
         }
-        DenseDtype::F16 => {
-            let row = &t.as_bytes()[i * n * 2..(i + 1) * n * 2];
-            // Convert in chunks of `buf`, then an unrolled f32 dot.
-            let mut acc = 0.0f32;
-            let chunk = buf.len().max(1);
-            for (bytes, xs) in row.chunks(chunk * 2).zip(x.chunks(chunk)) {
-                let m = xs.len();
-                for (o, b) in buf[..m].iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-                }
-                acc += dot(&buf[..m], xs);
-            }
-            acc
-        }
+        DenseDtype::F16 => dot_f16(&t.as_bytes()[i * n * 2..(i + 1) * n * 2], x),
     }
 }
 
 /// Row `i` of a table dotted with `x`; `buf` is a small conversion buffer.
-pub(crate) fn table_row_dot(e: &Embedding<'_>, i: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+pub(crate) fn table_row_dot(e: &Embedding<'_>, i: usize, x: &[f32]) -> f32 {
     match e {
-        Embedding::Dense(t) => dense_row_dot(t, i, x, buf),
+        Embedding::Dense(t) => dense_row_dot(t, i, x),
         Embedding::RowQuant(q) => {
             let n = q.cols();
             let rb = q.bits().row_bytes(n);
             let row = &q.codes()[i * rb..(i + 1) * rb];
-            let mut acc = 0.0f32;
-            match q.bits() {
-                RowBits::I8 => {
-                    for (&c, &xv) in row.iter().zip(x) {
-                        acc += f32::from(c as i8) * xv;
-                    }
-                }
-                RowBits::Q4 => {
-                    for (j, &xv) in x.iter().enumerate() {
-                        let byte = row[j / 2];
-                        let nib = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
-                        acc += f32::from(nib as i8 - 8) * xv;
-                    }
-                }
-            }
+            let acc = match q.bits() {
+                RowBits::I8 => dot_i8(row, x),
+                RowBits::Q4 => dot_q4(row, x),
+            };
             q.scales().get(i) * acc
         }
     }
 }
 
 /// `y = W x` for every row of a table (an LM head that is a table).
-pub(crate) fn table_matvec(e: &Embedding<'_>, x: &[f32], y: &mut [f32], buf: &mut [f32]) {
+pub(crate) fn table_matvec(e: &Embedding<'_>, x: &[f32], y: &mut [f32]) {
     for (i, yi) in y.iter_mut().enumerate() {
-        *yi = table_row_dot(e, i, x, buf);
+        *yi = table_row_dot(e, i, x);
     }
 }
 
@@ -187,10 +245,68 @@ pub(crate) fn linear_forward(
         Linear::Dense(d) => {
             let (m, n) = (d.rows(), d.cols());
             let e = Embedding::Dense(*d);
-            let _ = scratch;
-            let mut buf = [0.0f32; 64];
             for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(m)) {
-                table_matvec(&e, xr, yr, &mut buf);
+                table_matvec(&e, xr, yr);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_matches_half_for_every_value() {
+        for bits in 0..=u16::MAX {
+            let want = half::f16::from_bits(bits).to_f32();
+            let got = f16_to_f32(bits);
+            if want.is_nan() {
+                assert!(got.is_nan(), "{bits:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{bits:#06x}");
+            }
+        }
+    }
+
+    /// The unrolled row dots against `row_into` + a plain f64 dot, for
+    /// every table type and lengths with and without tails.
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn table_row_dots_match_dequantized_rows() {
+        use crate::layers::RowQuantTensor;
+        use std::vec::Vec;
+        for cols in [1usize, 15, 16, 17, 33, 64, 77] {
+            let rows = 3;
+            let vals: Vec<f32> = (0..rows * cols)
+                .map(|k| libm::sinf(k as f32 * 0.37) * 2.0)
+                .collect();
+            let x: Vec<f32> = (0..cols).map(|k| libm::cosf(k as f32 * 0.11)).collect();
+            let f16t = DenseTensor::from_f32(rows, cols, DenseDtype::F16, &vals);
+            let f32t = DenseTensor::from_f32(rows, cols, DenseDtype::F32, &vals);
+            let q8 = RowQuantTensor::quantize(rows, cols, RowBits::I8, &vals);
+            let q4 = RowQuantTensor::quantize(rows, cols, RowBits::Q4, &vals);
+            let all = [
+                Embedding::Dense(f16t.as_view()),
+                Embedding::Dense(f32t.as_view()),
+                Embedding::RowQuant(q8.as_view()),
+                Embedding::RowQuant(q4.as_view()),
+            ];
+            for e in all {
+                let mut row = std::vec![0.0f32; cols];
+                for i in 0..rows {
+                    e.row_into(i, &mut row);
+                    let want: f64 = row
+                        .iter()
+                        .zip(&x)
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum();
+                    let got = table_row_dot(&e, i, &x);
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{cols}: {got} vs {want}"
+                    );
+                }
             }
         }
     }
