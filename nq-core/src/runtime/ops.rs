@@ -182,7 +182,10 @@ fn dense_row_dot(t: &DenseTensor<&[u8]>, i: usize, x: &[f32]) -> f32 {
             }
             acc
         }
-        DenseDtype::F16 => dot_f16(&t.as_bytes()[i * n * 2..(i + 1) * n * 2], x),
+        DenseDtype::F16 => {
+            let row = &t.as_bytes()[i * n * 2..(i + 1) * n * 2];
+            crate::kernels::dot_f16_simd(row, x).unwrap_or_else(|| dot_f16(row, x))
+        }
     }
 }
 
