@@ -165,20 +165,21 @@ impl Plan {
         })
     }
 
-    /// f32 regions in carve order.
+    /// f32 regions in carve order (saturating: an overflow makes
+    /// [`Plan::bytes`] fail instead of wrapping).
     fn f32_regions(&self) -> [usize; 13] {
-        let b = self.batch;
+        let b = |w: usize| self.batch.saturating_mul(w);
         [
-            b * self.d,   // x
-            b * self.d,   // h
-            b * self.d,   // out
-            b * self.qd,  // q
-            b * self.qd,  // attn
-            b * self.kvd, // k
-            b * self.kvd, // v
-            b * self.f,   // gate
-            b * self.f,   // up
-            b * self.hd,  // rope
+            b(self.d),    // x
+            b(self.d),    // h
+            b(self.d),    // out
+            b(self.qd),   // q
+            b(self.qd),   // attn
+            b(self.kvd),  // k
+            b(self.kvd),  // v
+            b(self.f),    // gate
+            b(self.f),    // up
+            b(self.hd),   // rope
             self.ctx,     // scores
             self.vocab,   // logits
             self.scratch, // scratch
