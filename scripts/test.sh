@@ -282,6 +282,22 @@ firmware_generates_in_qemu() {
     [[ -n "$device" && "$device" == "$host" ]]
 }
 
+# The runtime on aarch64 (qemu-user, NEON/dotprod kernels) must generate
+# the same greedy ids from the tiny blob as the x86 host runtime.
+aarch64_runtime_matches_host() {
+    local dir ids rc=0
+    dir=$(mktemp -d)
+    cargo run -q -p nq-host --example tiny_blob -- "$dir/tiny.nqb"
+    ids=$(cargo run -q -p nq-host -- run --model "$dir/tiny.nqb" \
+        --prompt-ids 1,2,3,4,5 -n 16 --ctx 32 --kv f32 --print-ids 2>/dev/null)
+    echo "    host ids: $ids"
+    env QEMU_CPU=max NQ_RUNTIME_BLOB="$dir/tiny.nqb" NQ_RUNTIME_IDS="$ids" \
+        cargo test -p nq-core --features std --target aarch64-unknown-linux-gnu \
+        --test runtime_blob -- --nocapture || rc=$?
+    rm -rf "$dir"
+    return "$rc"
+}
+
 # The host benchmark example (examples/bgemm-bench) builds and runs: one
 # short pass over the small shapes, batch 1, every kernel this CPU has.
 bgemm_bench_smoke() {
@@ -361,3 +377,5 @@ step "test: nq-core on aarch64 under qemu, QEMU_CPU=max (dotprod)" \
     env QEMU_CPU=max cargo test -p nq-core --features std --target aarch64-unknown-linux-gnu
 step "test: nq-core on aarch64 under qemu, QEMU_CPU=cortex-a72 (no dotprod)" \
     env QEMU_CPU=cortex-a72 cargo test -p nq-core --features std --target aarch64-unknown-linux-gnu
+step "run: runtime on aarch64 under qemu, greedy ids equal the x86 host runtime's" \
+    aarch64_runtime_matches_host
