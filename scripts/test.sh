@@ -261,6 +261,51 @@ firmware_runs_in_qemu() {
     grep -qx 'bgemm: PASS' <<<"$out"
 }
 
+# The generation firmware (examples/cortex-m, bin `generate`): nq-host
+# writes a tiny deterministic blob (example `tiny_blob`), QEMU loads it at
+# 0x60000000 next to the firmware, and the greedy token ids the firmware
+# prints (portable kernel, Cortex-M7) must equal the host runtime's
+# (`nq-host run --print-ids`, best SIMD kernel) for the same prompt.
+firmware_generates_in_qemu() {
+    local elf=examples/cortex-m/target/thumbv7em-none-eabihf/release/generate
+    local dir out rc=0 device host
+    dir=$(mktemp -d)
+    cargo run -q -p nq-host --example tiny_blob -- "$dir/tiny.nqb"
+    (cd examples/cortex-m && cargo build --release)
+    out=$(timeout 300 qemu-system-arm -M mps2-an500 -cpu cortex-m7 -nographic \
+        -semihosting-config enable=on,target=native \
+        -device loader,file="$dir/tiny.nqb",addr=0x60000000 -kernel "$elf") || rc=$?
+    printf '%s\n' "$out" | sed 's/^/    /'
+    if ((rc != 0)); then
+        echo "error: firmware exited with status $rc (124: timed out)" >&2
+        rm -rf "$dir"
+        return 1
+    fi
+    device=$(sed -n 's/^generate: ids //p' <<<"$out")
+    host=$(cargo run -q -p nq-host -- run --model "$dir/tiny.nqb" \
+        --prompt-ids 1,2,3,4,5 -n 16 --ctx 32 --kv f32 --print-ids 2>/dev/null)
+    rm -rf "$dir"
+    echo "    host:   $host"
+    echo "    device: $device"
+    [[ -n "$device" && "$device" == "$host" ]]
+}
+
+# The runtime on aarch64 (qemu-user, NEON/dotprod kernels) must generate
+# the same greedy ids from the tiny blob as the x86 host runtime.
+aarch64_runtime_matches_host() {
+    local dir ids rc=0
+    dir=$(mktemp -d)
+    cargo run -q -p nq-host --example tiny_blob -- "$dir/tiny.nqb"
+    ids=$(cargo run -q -p nq-host -- run --model "$dir/tiny.nqb" \
+        --prompt-ids 1,2,3,4,5 -n 16 --ctx 32 --kv f32 --print-ids 2>/dev/null)
+    echo "    host ids: $ids"
+    env QEMU_CPU=max NQ_RUNTIME_BLOB="$dir/tiny.nqb" NQ_RUNTIME_IDS="$ids" \
+        cargo test -p nq-core --features std --target aarch64-unknown-linux-gnu \
+        --test runtime_blob -- --nocapture || rc=$?
+    rm -rf "$dir"
+    return "$rc"
+}
+
 # The host benchmark example (examples/bgemm-bench) builds and runs: one
 # short pass over the small shapes, batch 1, every kernel this CPU has.
 bgemm_bench_smoke() {
@@ -326,6 +371,8 @@ step "clippy: examples/cortex-m firmware, -D warnings" \
     bash -c 'cd examples/cortex-m && cargo clippy --release -- -D warnings'
 step "run: Cortex-M7 firmware under qemu-system-arm (mps2-an500), checks bgemm: PASS" \
     firmware_runs_in_qemu
+step "run: generation firmware under qemu-system-arm, token ids equal the host runtime's" \
+    firmware_generates_in_qemu
 step "clippy: examples/bgemm-bench, -D warnings" \
     bash -c 'cd examples/bgemm-bench && cargo clippy --release -- -D warnings'
 step "run: examples/bgemm-bench --small (smoke)" bgemm_bench_smoke
@@ -338,3 +385,5 @@ step "test: nq-core on aarch64 under qemu, QEMU_CPU=max (dotprod)" \
     env QEMU_CPU=max cargo test -p nq-core --features std --target aarch64-unknown-linux-gnu
 step "test: nq-core on aarch64 under qemu, QEMU_CPU=cortex-a72 (no dotprod)" \
     env QEMU_CPU=cortex-a72 cargo test -p nq-core --features std --target aarch64-unknown-linux-gnu
+step "run: runtime on aarch64 under qemu, greedy ids equal the x86 host runtime's" \
+    aarch64_runtime_matches_host

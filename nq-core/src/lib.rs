@@ -7,7 +7,10 @@
 //! * [`SignMatrix`]: a packed matrix of ±1 in the blob's 16-row tile layout;
 //! * [`FactorizedLinear`]: `y = s_post ⊙ (U · (V · (s_pre ⊙ x))) + bias`;
 //! * [`BinaryLinear`]: `y = s_row ⊙ (B · (s_col ⊙ x)) + bias`;
-//! * [`DenseTensor`] and [`RowQuantTensor`] for embeddings and norms.
+//! * [`DenseTensor`] and [`RowQuantTensor`] for embeddings and norms;
+//! * [`Runtime`]: a whole Llama/Qwen2/Qwen3 decoder over one caller-provided
+//!   byte arena (KV cache f32/f16/int8), with a sampler and the blob's token
+//!   text table ([`runtime`]).
 //!
 //! Every layer has a scalar `*_ref` forward: the dumb, obviously right oracle
 //! every faster kernel is tested against.
@@ -35,6 +38,7 @@ pub mod blob;
 pub mod f16vec;
 pub mod kernels;
 pub mod layers;
+pub mod runtime;
 pub mod sign;
 
 pub use blob::{Blob, BlobError, BlobView, ModelConfig, TensorView};
@@ -44,4 +48,5 @@ pub use layers::{
     BinaryLinear, DenseDtype, DenseTensor, FactorizedLinear, Linear, RowBits, RowQuantTensor,
     ShapeError,
 };
+pub use runtime::{KvDtype, Runtime, RuntimeError};
 pub use sign::SignMatrix;

@@ -184,3 +184,65 @@ fn natural_key(name: &str) -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// What the edge runtime needs to run a blob: flash for the blob itself
+/// (read in place) and RAM for its arena.
+#[derive(Clone, Copy, Debug)]
+pub struct Footprint {
+    /// Blob bytes (flash).
+    pub flash_bytes: u64,
+    /// Arena bytes at the default prompt batch (RAM).
+    pub ram_bytes: usize,
+    /// Of which the KV cache.
+    pub kv_bytes: usize,
+    /// Arena bytes with prompt batch 1 (the smallest that runs).
+    pub ram_bytes_batch1: usize,
+    /// Context length.
+    pub ctx: usize,
+    /// KV storage.
+    pub kv: nq_core::KvDtype,
+}
+
+impl Footprint {
+    /// The footprint of `view` at `ctx` tokens with `kv` storage.
+    pub fn new(view: &BlobView<'_>, ctx: usize, kv: nq_core::KvDtype) -> Self {
+        use nq_core::Runtime;
+        let c = view.config();
+        let rows = 2 * c.n_layers as usize * ctx;
+        let scales = if kv == nq_core::KvDtype::I8 {
+            rows * c.n_kv_heads as usize * 4
+        } else {
+            0
+        };
+        Self {
+            flash_bytes: view.as_bytes().len() as u64,
+            ram_bytes: Runtime::arena_bytes(c, ctx, kv),
+            kv_bytes: rows * c.kv_dim() as usize * kv.value_bytes() + scales,
+            ram_bytes_batch1: Runtime::arena_bytes_for_batch(c, ctx, kv, 1),
+            ctx,
+            kv,
+        }
+    }
+}
+
+impl fmt::Display for Footprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mib = |b: f64| b / (1u64 << 20) as f64;
+        writeln!(f, "footprint (ctx {}, kv {}):", self.ctx, self.kv.name())?;
+        writeln!(
+            f,
+            "  flash: {} bytes ({:.2} MiB), the blob read in place",
+            self.flash_bytes,
+            mib(self.flash_bytes as f64)
+        )?;
+        writeln!(
+            f,
+            "  RAM:   {} bytes ({:.2} MiB) arena, prompt batch {} (KV cache {} bytes); {} bytes with batch 1",
+            self.ram_bytes,
+            mib(self.ram_bytes as f64),
+            nq_core::runtime::DEFAULT_BATCH,
+            self.kv_bytes,
+            self.ram_bytes_batch1
+        )
+    }
+}

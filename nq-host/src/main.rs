@@ -29,6 +29,15 @@ enum Command {
         /// Skip the CRC check of every tensor (structure is always checked).
         #[arg(long)]
         no_verify: bool,
+        /// Print the edge runtime's footprint: flash (blob) and RAM (arena).
+        #[arg(long)]
+        footprint: bool,
+        /// Context length for --footprint.
+        #[arg(long, default_value_t = 256)]
+        ctx: usize,
+        /// KV cache storage for --footprint.
+        #[arg(long, value_enum, default_value_t = cli::generate::KvArg::F32)]
+        kv: cli::generate::KvArg,
     },
     /// List the CUDA devices nq-host can use (or say why there are none).
     Devices,
@@ -126,7 +135,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Inspect { blob, no_verify } => inspect(&blob, !no_verify),
+        Command::Inspect {
+            blob,
+            no_verify,
+            footprint,
+            ctx,
+            kv,
+        } => {
+            inspect(&blob, !no_verify)?;
+            if footprint {
+                print_footprint(&blob, ctx, kv.into())?;
+            }
+            Ok(())
+        }
         Command::Devices => {
             println!("{}", nq_cuda::probe().describe());
             Ok(())
@@ -330,6 +351,14 @@ fn inspect(path: &PathBuf, verify: bool) -> anyhow::Result<()> {
     if let Some(Err(e)) = report.crc() {
         bail!("{}: {e}", path.display());
     }
+    Ok(())
+}
+
+fn print_footprint(path: &PathBuf, ctx: usize, kv: nq_core::KvDtype) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let view = nq_core::Blob::parse(&bytes)
+        .with_context(|| format!("{} is not a valid blob", path.display()))?;
+    print!("{}", nq_host::inspect::Footprint::new(&view, ctx, kv));
     Ok(())
 }
 

@@ -217,6 +217,19 @@ pub fn forced_kernel() -> Option<Kernel> {
     Kernel::from_u8(FORCED.load(Ordering::Relaxed))
 }
 
+/// `Σ f16(row_j) · x_j` (little-endian f16 `row`, `x.len()` values) with
+/// F16C where this CPU has it, else `None` (the caller's portable loop).
+/// Sums in a different order than a portable loop: last-bit differences.
+pub(crate) fn dot_f16_simd(row: &[u8], x: &[f32]) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if x86_64::f16c::is_available() {
+        // SAFETY: the CPU has AVX, F16C and FMA (checked just above).
+        return Some(unsafe { x86_64::f16c::dot_f16(row, x) });
+    }
+    let _ = (row, x);
+    None
+}
+
 /// The kernel `forward` uses: the forced one, or else [`best`].
 pub fn selected() -> Kernel {
     forced_kernel().unwrap_or_else(best)

@@ -1,16 +1,47 @@
-//! `nq-host run`: generate a continuation of a prompt on the host (any
-//! readable checkpoint, blobs included, evaluated in f32).
+//! `nq-host run`: generate a continuation of a prompt.
 //!
-//! Each step reruns the whole sequence (no KV cache): simple and exact, and
-//! fast enough for the short continuations this command is for. The
-//! allocation-free streaming runtime is nq-core's.
+//! A blob runs through nq-core's allocation-free runtime by default (the
+//! code a device runs: KV cache, batched prefill, batch-1 decode, sampler,
+//! text from the blob's `tokenizer.tokens` table). The runtime is
+//! single-threaded by design; `--threads` only sizes the pool the
+//! tokenizer and `--reference` use.
+//!
+//! `--reference` (and any GGUF or Hugging Face checkpoint) takes the f32
+//! host path instead: each step reruns the whole sequence with no KV cache,
+//! simple and exact, fast enough for short continuations.
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{bail, Context as _};
+use nq_core::runtime::{Sampler, SamplerConfig, TokenTable, TOKEN_TABLE_TENSOR};
+use nq_core::{Blob, KvDtype, Runtime};
 use nq_host::model::forward::prefill;
-use rand::SeedableRng as _;
+use nq_host::quant::export::blob_tokenizer_json;
+use nq_host::source::SourceKind;
+use nq_host::tokenizer::Tokenizer;
+
+/// KV cache storage, as the CLI spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvArg {
+    /// 4 bytes a value.
+    F32,
+    /// 2 bytes a value.
+    F16,
+    /// 1 byte a value plus a scale per head and position.
+    Int8,
+}
+
+impl From<KvArg> for KvDtype {
+    fn from(k: KvArg) -> Self {
+        match k {
+            KvArg::F32 => KvDtype::F32,
+            KvArg::F16 => KvDtype::F16,
+            KvArg::Int8 => KvDtype::I8,
+        }
+    }
+}
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -18,21 +49,46 @@ pub struct RunArgs {
     #[arg(long)]
     model: PathBuf,
     /// Prompt text.
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, required_unless_present = "prompt_ids")]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids (no tokenizer needed; blobs only).
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_ids: Option<String>,
     /// Tokens to generate.
-    #[arg(long, default_value_t = 32)]
+    #[arg(short = 'n', long, default_value_t = 32)]
     tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
+    /// Keep only the k most likely tokens (0: off; at most 128).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling mass (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// KV cache storage (runtime path).
+    #[arg(long, value_enum, default_value_t = KvArg::F32)]
+    kv: KvArg,
+    /// Context capacity in tokens (runtime path; default: prompt + tokens).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Prompt tokens per batched prefill step (runtime path).
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Print the generated token ids on stdout instead of text.
+    #[arg(long)]
+    print_ids: bool,
+    /// Use the f32 host reference path (dequantized blob, no KV cache).
+    #[arg(long)]
+    reference: bool,
     /// Tokenizer when the model has none.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Worker threads (default: all cores).
+    /// Worker threads of the reference path and tokenizer (the runtime is
+    /// single-threaded).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -42,6 +98,148 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     if !a.temperature.is_finite() || a.temperature < 0.0 {
         bail!("--temperature must be ≥ 0");
     }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1]");
+    }
+    let is_blob = matches!(nq_host::source::detect(&a.model), Ok(SourceKind::Blob));
+    if is_blob && !a.reference {
+        run_blob(&a)
+    } else {
+        run_reference(&a)
+    }
+}
+
+fn parse_ids(s: &str) -> anyhow::Result<Vec<u32>> {
+    s.split(',')
+        .map(|t| {
+            t.trim()
+                .parse::<u32>()
+                .with_context(|| format!("bad token id {t:?}"))
+        })
+        .collect()
+}
+
+/// Text bytes are printed as whole UTF-8 characters as they complete.
+struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    fn push(&mut self, bytes: &[u8], out: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            Err(e) if e.error_len().is_some() => self.pending.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        out.write_all(String::from_utf8_lossy(&self.pending[..valid]).as_bytes())?;
+        out.flush()?;
+        self.pending.drain(..valid);
+        Ok(())
+    }
+}
+
+fn run_blob(a: &RunArgs) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(&a.model).with_context(|| format!("cannot read {}", a.model.display()))?;
+    let view = Blob::parse(&bytes).context("not a valid blob")?;
+    view.verify().context("blob CRC check failed")?;
+    let cfg = *view.config();
+    let table = match view.find(TOKEN_TABLE_TENSOR) {
+        Some(t) => Some(TokenTable::parse(t.as_raw_bytes()?).context("bad tokenizer.tokens")?),
+        None => None,
+    };
+    let tok: Option<Tokenizer> = match (&a.tokenizer, blob_tokenizer_json(&view)?) {
+        (Some(t), _) => Some(nq_host::source::load_tokenizer(t)?),
+        (None, Some(json)) => {
+            Some(Tokenizer::from_json_bytes(json)?.with_special_ids(cfg.bos_id, cfg.eos_id))
+        }
+        (None, None) => None,
+    };
+    let ids = match (&a.prompt_ids, &a.prompt) {
+        (Some(s), _) => parse_ids(s)?,
+        (None, Some(p)) => match &tok {
+            Some(t) => t.encode(p).context("cannot tokenize the prompt")?,
+            None => bail!("the blob has no tokenizer; pass --tokenizer or --prompt-ids"),
+        },
+        (None, None) => bail!("pass --prompt or --prompt-ids"),
+    };
+    if ids.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let ctx = a
+        .ctx
+        .unwrap_or(ids.len() + a.tokens)
+        .min(cfg.max_seq_len as usize);
+    if ids.len() >= ctx {
+        bail!("the prompt ({} tokens) does not fit --ctx {ctx}", ids.len());
+    }
+    let kv = KvDtype::from(a.kv);
+    let need = Runtime::arena_bytes_for_batch(&cfg, ctx, kv, a.batch);
+    let mut arena = vec![0u8; need];
+    let mut rt = Runtime::with_batch(view, &mut arena, ctx, kv, a.batch)?;
+    eprintln!(
+        "runtime: {} kernel, ctx {ctx}, kv {}, prefill batch {}, arena {} bytes ({:.2} MiB)",
+        nq_core::kernels::selected(),
+        kv.name(),
+        rt.batch(),
+        need,
+        need as f64 / (1 << 20) as f64
+    );
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    });
+    let mut out = std::io::stdout().lock();
+    if !a.print_ids {
+        if let Some(p) = &a.prompt {
+            write!(out, "{p}")?;
+        }
+    }
+    let mut text = Utf8Stream {
+        pending: Vec::new(),
+    };
+    let t0 = Instant::now();
+    let mut logits = rt.prefill(&ids)?.to_vec();
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut generated = Vec::new();
+    while generated.len() < a.tokens && rt.pos() < ctx {
+        let next = sampler.sample(&mut logits);
+        if Some(next) == cfg.eos_id {
+            break;
+        }
+        generated.push(next);
+        if a.print_ids {
+            write!(out, "{}{next}", if generated.len() > 1 { "," } else { "" })?;
+        } else if let Some(bytes) = table.as_ref().and_then(|t| t.token_bytes(next)) {
+            text.push(bytes, &mut out)?;
+        } else if let Some(t) = &tok {
+            text.push(t.decode(&[next]).as_bytes(), &mut out)?;
+        }
+        if generated.len() == a.tokens || rt.pos() >= ctx {
+            break;
+        }
+        logits.copy_from_slice(rt.decode(next)?);
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    text.push(&[], &mut out)?;
+    writeln!(out)?;
+    eprintln!(
+        "prefill: {} tokens in {:.3} s ({:.1} tokens/s); decode: {} tokens in {:.3} s ({:.1} tokens/s)",
+        ids.len(),
+        prefill_s,
+        ids.len() as f64 / prefill_s,
+        generated.len(),
+        decode_s,
+        generated.len().saturating_sub(1) as f64 / decode_s.max(1e-9)
+    );
+    Ok(())
+}
+
+fn run_reference(a: &RunArgs) -> anyhow::Result<()> {
     let loaded = nq_host::source::load(&a.model)?;
     let tok = match (&a.tokenizer, loaded.tokenizer) {
         (Some(t), _) => nq_host::source::load_tokenizer(t)?,
@@ -49,31 +247,40 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         (None, None) => bail!("{} has no tokenizer; pass --tokenizer", a.model.display()),
     };
     let w = &loaded.weights;
-    let mut ids = tok
-        .encode(&a.prompt)
-        .context("cannot tokenize the prompt")?;
+    let mut ids = match (&a.prompt_ids, &a.prompt) {
+        (Some(s), _) => parse_ids(s)?,
+        (None, Some(p)) => tok.encode(p).context("cannot tokenize the prompt")?,
+        (None, None) => bail!("pass --prompt or --prompt-ids"),
+    };
     if ids.is_empty() {
         bail!("the prompt is empty");
     }
     let max = w.config.max_seq_len as usize;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    });
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", a.prompt)?;
+    if !a.print_ids {
+        write!(out, "{}", a.prompt.as_deref().unwrap_or(""))?;
+    }
+    let start = ids.len();
     let mut shown = ids.len();
     for _ in 0..a.tokens {
         if ids.len() >= max {
             break;
         }
-        let logits = prefill(w, &ids)?;
-        let next = if a.temperature == 0.0 {
-            argmax(&logits)
-        } else {
-            sample(&logits, a.temperature, &mut rng)
-        };
+        let mut logits = prefill(w, &ids)?;
+        let next = sampler.sample(&mut logits);
         if Some(next) == tok.eos_id() {
             break;
         }
         ids.push(next);
+        if a.print_ids {
+            continue;
+        }
         // Print whole UTF-8 characters as they complete.
         let text = tok.decode(&ids[shown..]);
         if !text.ends_with('\u{FFFD}') {
@@ -82,33 +289,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             shown = ids.len();
         }
     }
-    writeln!(out, "{}", tok.decode(&ids[shown..]))?;
+    if a.print_ids {
+        let s: Vec<String> = ids[start..].iter().map(u32::to_string).collect();
+        writeln!(out, "{}", s.join(","))?;
+    } else {
+        writeln!(out, "{}", tok.decode(&ids[shown..]))?;
+    }
     Ok(())
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-fn sample(logits: &[f32], temperature: f32, rng: &mut impl rand::Rng) -> u32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let p: Vec<f64> = logits
-        .iter()
-        .map(|&z| f64::from((z - max) / temperature).exp())
-        .collect();
-    let total: f64 = p.iter().sum();
-    let mut u = rng.gen::<f64>() * total;
-    for (i, &pi) in p.iter().enumerate() {
-        u -= pi;
-        if u <= 0.0 {
-            return i as u32;
-        }
-    }
-    (p.len() - 1) as u32
 }

@@ -149,7 +149,7 @@ pub struct QuantizeArgs {
     /// Storage of the token embedding (and an untied head).
     #[arg(long, value_enum, default_value_t = EmbedFormat::F16)]
     embed: EmbedFormat,
-    /// Do not store tokenizer.json in the blob.
+    /// Do not store tokenizer.json (nor the tokenizer.tokens table) in the blob.
     #[arg(long)]
     no_tokenizer: bool,
     /// Compute device.
@@ -474,12 +474,15 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     };
     let quantize_seconds = t1.elapsed().as_secs_f64();
 
-    let tokenizer_json = if a.no_tokenizer {
-        None
+    let (tokenizer_json, tokens) = if a.no_tokenizer {
+        (None, None)
     } else {
-        Some(tokenizer.to_json_string()?.into_bytes())
+        (
+            Some(tokenizer.to_json_string()?.into_bytes()),
+            Some(nq_host::quant::token_table::token_table(tokenizer)),
+        )
     };
-    let builder = build_blob(w, q.payloads, a.embed, tokenizer_json)?;
+    let builder = build_blob(w, q.payloads, a.embed, tokenizer_json, tokens)?;
     let bytes = builder.to_bytes()?;
     nq_host::write_atomic(&a.out, &bytes)
         .with_context(|| format!("cannot write {}", a.out.display()))?;

@@ -51,12 +51,14 @@ pub fn linear_name(block: usize, id: LinearId) -> String {
 }
 
 /// Builds the blob of model `w` whose decoder linears are `linears[block][id]`
-/// (in [`LinearId::ALL`] order).
+/// (in [`LinearId::ALL`] order), with the optional `tokenizer.json` and
+/// `tokenizer.tokens` ([`super::token_table::token_table`]) BYTES tensors.
 pub fn build_blob(
     w: &ModelWeights,
     linears: Vec<Vec<TensorPayload>>,
     embed: EmbedFormat,
     tokenizer_json: Option<Vec<u8>>,
+    token_table: Option<Vec<u8>>,
 ) -> Result<BlobBuilder, WriteError> {
     let c = &w.config;
     let mut b = BlobBuilder::new(*c);
@@ -91,6 +93,12 @@ pub fn build_blob(
     }
     if let Some(bytes) = tokenizer_json {
         b.add(TOKENIZER_TENSOR, TensorPayload::Bytes(bytes))?;
+    }
+    if let Some(bytes) = token_table {
+        b.add(
+            super::token_table::TOKEN_TABLE_TENSOR,
+            TensorPayload::Bytes(bytes),
+        )?;
     }
     Ok(b)
 }

@@ -9,4 +9,6 @@ pub mod kd;
 pub mod pipeline;
 pub mod recon;
 pub mod stats;
+pub mod synthetic_blob;
+pub mod token_table;
 pub mod workdir;

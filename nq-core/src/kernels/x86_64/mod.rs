@@ -1,4 +1,6 @@
-//! x86_64 kernels: AVX2 table lookups and AVX-512 VNNI dot products.
+//! x86_64 kernels: AVX2 table lookups, AVX-512 VNNI dot products, and an
+//! F16C dot product for f16 tables.
 
 pub(super) mod avx2;
 pub(super) mod avx512;
+pub(super) mod f16c;

@@ -1,0 +1,316 @@
+//! The float operations of a decoder step, written once for the runtime:
+//! RMSNorm, RoPE, SiLU, row-table dot products and the dense fallback of a
+//! linear layer. They follow nq-host's f32 reference (`model::forward`)
+//! operation for operation where that matters for agreement (f64 mean of
+//! squares in RMSNorm, f64 RoPE angles, f64 softmax sum).
+
+use crate::blob::Embedding;
+use crate::layers::{DenseDtype, Linear, RowBits};
+use crate::DenseTensor;
+
+/// IEEE half (bits) to f32, branch-free so loops over rows vectorize:
+/// the exponent/mantissa field shifted into f32 position and multiplied by
+/// 2^112 rebias normals and subnormals exactly; infinities and NaNs
+/// (exponent 31) get an all-ones f32 exponent.
+#[inline]
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let em = (h & 0x7fff) << 13;
+    let scaled = (f32::from_bits(em) * f32::from_bits(0x7780_0000)).to_bits();
+    let bits = if em >= 0x0f80_0000 {
+        em | 0x7f80_0000
+    } else {
+        scaled
+    };
+    f32::from_bits(bits | sign)
+}
+
+/// `out = x / rms(x) ⊙ w` for one row (`x`, `out` and `w` of equal length).
+pub(crate) fn rmsnorm_row(x: &[f32], w: &DenseTensor<&[u8]>, eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / x.len() as f64;
+    let inv = (1.0 / libm::sqrt(ms + f64::from(eps))) as f32;
+    for (j, (o, &xv)) in out.iter_mut().zip(x).enumerate() {
+        *o = xv * inv * w.get_flat(j);
+    }
+}
+
+/// RMSNorm of every `w.len()`-wide chunk of `x`, in place (qwen3 q/k norm).
+pub(crate) fn head_norm_in_place(x: &mut [f32], w: &DenseTensor<&[u8]>, eps: f32) {
+    let d = w.len();
+    for head in x.chunks_exact_mut(d) {
+        let ms = head
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            / d as f64;
+        let inv = (1.0 / libm::sqrt(ms + f64::from(eps))) as f32;
+        for (j, v) in head.iter_mut().enumerate() {
+            *v = *v * inv * w.get_flat(j);
+        }
+    }
+}
+
+/// Fills `cs` (`head_dim` floats: cos of each frequency, then sin) for
+/// position `pos`: angle `pos · θ^(−2i/D)`, computed in f64.
+pub(crate) fn rope_angles(pos: usize, theta: f32, cs: &mut [f32]) {
+    let d = cs.len();
+    let half = d / 2;
+    let (cos, sin) = cs.split_at_mut(half);
+    for i in 0..half {
+        let freq = libm::pow(f64::from(theta), -2.0 * i as f64 / d as f64);
+        let a = pos as f64 * freq;
+        cos[i] = libm::cos(a) as f32;
+        sin[i] = libm::sin(a) as f32;
+    }
+}
+
+/// Rotates every head of one row ("rotate halves", Hugging Face order).
+pub(crate) fn rope_row(row: &mut [f32], cs: &[f32]) {
+    let d = cs.len();
+    let half = d / 2;
+    let (cos, sin) = cs.split_at(half);
+    for head in row.chunks_exact_mut(d) {
+        let (lo, hi) = head.split_at_mut(half);
+        for i in 0..half {
+            let (a, b) = (lo[i], hi[i]);
+            lo[i] = a * cos[i] - b * sin[i];
+            hi[i] = b * cos[i] + a * sin[i];
+        }
+    }
+}
+
+/// SiLU: `x · σ(x)`.
+#[inline]
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + libm::expf(-x))
+}
+
+/// `Σ a_j b_j` in f32, 4 independent accumulators.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// `Σ f16(row_j) · x_j` for little-endian f16 bytes, 16 lanes of
+/// accumulators so the compiler vectorizes the convert-and-multiply.
+fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let (rc, xc) = (row.chunks_exact(2 * L), x.chunks_exact(L));
+    let (rr, xr) = (rc.remainder(), xc.remainder());
+    for (r, xs) in rc.zip(xc) {
+        for k in 0..L {
+            let h = u16::from_le_bytes([r[2 * k], r[2 * k + 1]]);
+            acc[k] += f16_to_f32(h) * xs[k];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (b, &xv) in rr.chunks_exact(2).zip(xr) {
+        tail += f16_to_f32(u16::from_le_bytes([b[0], b[1]])) * xv;
+    }
+    let mut half = L;
+    while half > 1 {
+        half /= 2;
+        for k in 0..half {
+            acc[k] += acc[k + half];
+        }
+    }
+    acc[0] + tail
+}
+
+/// `Σ code_j · x_j` over int8 codes, 16 lanes of accumulators.
+fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let (rc, xc) = (row.chunks_exact(L), x.chunks_exact(L));
+    let (rr, xr) = (rc.remainder(), xc.remainder());
+    for (r, xs) in rc.zip(xc) {
+        for k in 0..L {
+            acc[k] += f32::from(r[k] as i8) * xs[k];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (&c, &xv) in rr.iter().zip(xr) {
+        tail += f32::from(c as i8) * xv;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ code_j · x_j` over 4-bit codes (low nibble first, offset 8).
+fn dot_q4(row: &[u8], x: &[f32]) -> f32 {
+    const L: usize = 8;
+    let mut acc = [0.0f32; 2 * L];
+    let (rc, xc) = (row.chunks_exact(L), x.chunks_exact(2 * L));
+    for (r, xs) in rc.zip(xc) {
+        for k in 0..L {
+            acc[2 * k] += f32::from((r[k] & 0x0F) as i8 - 8) * xs[2 * k];
+            acc[2 * k + 1] += f32::from((r[k] >> 4) as i8 - 8) * xs[2 * k + 1];
+        }
+    }
+    let done = x.len() / (2 * L) * (2 * L);
+    let mut tail = 0.0f32;
+    for (j, &xv) in x.iter().enumerate().skip(done) {
+        let byte = row[j / 2];
+        let nib = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+        tail += f32::from(nib as i8 - 8) * xv;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Row `i` of a dense table dotted with `x` (`x.len() == cols`).
+fn dense_row_dot(t: &DenseTensor<&[u8]>, i: usize, x: &[f32]) -> f32 {
+    let n = t.cols();
+    match t.dtype() {
+        DenseDtype::F32 => {
+            let row = &t.as_bytes()[i * n * 4..(i + 1) * n * 4];
+            let mut acc = 0.0f32;
+            for (b, &xv) in row.chunks_exact(4).zip(x) {
+                acc += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * xv;
+            }
+            acc
+        }
+        DenseDtype::F16 => {
+            let row = &t.as_bytes()[i * n * 2..(i + 1) * n * 2];
+            crate::kernels::dot_f16_simd(row, x).unwrap_or_else(|| dot_f16(row, x))
+        }
+    }
+}
+
+/// Row `i` of a table dotted with `x`; `buf` is a small conversion buffer.
+pub(crate) fn table_row_dot(e: &Embedding<'_>, i: usize, x: &[f32]) -> f32 {
+    match e {
+        Embedding::Dense(t) => dense_row_dot(t, i, x),
+        Embedding::RowQuant(q) => {
+            let n = q.cols();
+            let rb = q.bits().row_bytes(n);
+            let row = &q.codes()[i * rb..(i + 1) * rb];
+            let acc = match q.bits() {
+                RowBits::I8 => dot_i8(row, x),
+                RowBits::Q4 => dot_q4(row, x),
+            };
+            q.scales().get(i) * acc
+        }
+    }
+}
+
+/// `y = W x` for every row of a table (an LM head that is a table).
+pub(crate) fn table_matvec(e: &Embedding<'_>, x: &[f32], y: &mut [f32]) {
+    for (i, yi) in y.iter_mut().enumerate() {
+        *yi = table_row_dot(e, i, x);
+    }
+}
+
+/// Scratch floats any quantized linear `m × n` (any rank) needs for `batch`
+/// tokens: `FactorizedLinear::forward_scratch_len` at the largest rank,
+/// which also covers `BinaryLinear`.
+pub(crate) fn linear_scratch_bound(m: usize, n: usize, batch: usize) -> Option<usize> {
+    use crate::kernels::sign_product_scratch_len as sp;
+    let r = m.min(n);
+    let sign = sp(r, n, batch).max(sp(m, r, batch));
+    n.checked_add(m.checked_mul(2)?)?
+        .checked_add(batch.checked_mul(n.checked_add(r)?)?)?
+        .checked_add(sign)
+}
+
+/// The scratch a given linear needs for `batch` tokens.
+pub(crate) fn linear_scratch(l: &Linear<'_>, batch: usize) -> usize {
+    match l {
+        Linear::Factorized(f) => f.forward_scratch_len(batch),
+        Linear::Binary(b) => b.forward_scratch_len(batch),
+        Linear::Dense(_) => 0,
+    }
+}
+
+/// `y = W x (+ b)` for `batch` rows of `x` through the fast kernels.
+pub(crate) fn linear_forward(
+    l: &Linear<'_>,
+    x: &[f32],
+    batch: usize,
+    y: &mut [f32],
+    scratch: &mut [f32],
+) {
+    match l {
+        Linear::Factorized(f) => f.forward(x, batch, y, scratch),
+        Linear::Binary(b) => b.forward(x, batch, y, scratch),
+        Linear::Dense(d) => {
+            let (m, n) = (d.rows(), d.cols());
+            let e = Embedding::Dense(*d);
+            for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(m)) {
+                table_matvec(&e, xr, yr);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_matches_half_for_every_value() {
+        for bits in 0..=u16::MAX {
+            let want = half::f16::from_bits(bits).to_f32();
+            let got = f16_to_f32(bits);
+            if want.is_nan() {
+                assert!(got.is_nan(), "{bits:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{bits:#06x}");
+            }
+        }
+    }
+
+    /// The unrolled row dots against `row_into` + a plain f64 dot, for
+    /// every table type and lengths with and without tails.
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn table_row_dots_match_dequantized_rows() {
+        use crate::layers::RowQuantTensor;
+        use std::vec::Vec;
+        for cols in [1usize, 15, 16, 17, 33, 64, 77] {
+            let rows = 3;
+            let vals: Vec<f32> = (0..rows * cols)
+                .map(|k| libm::sinf(k as f32 * 0.37) * 2.0)
+                .collect();
+            let x: Vec<f32> = (0..cols).map(|k| libm::cosf(k as f32 * 0.11)).collect();
+            let f16t = DenseTensor::from_f32(rows, cols, DenseDtype::F16, &vals);
+            let f32t = DenseTensor::from_f32(rows, cols, DenseDtype::F32, &vals);
+            let q8 = RowQuantTensor::quantize(rows, cols, RowBits::I8, &vals);
+            let q4 = RowQuantTensor::quantize(rows, cols, RowBits::Q4, &vals);
+            let all = [
+                Embedding::Dense(f16t.as_view()),
+                Embedding::Dense(f32t.as_view()),
+                Embedding::RowQuant(q8.as_view()),
+                Embedding::RowQuant(q4.as_view()),
+            ];
+            for e in all {
+                let mut row = std::vec![0.0f32; cols];
+                for i in 0..rows {
+                    e.row_into(i, &mut row);
+                    let want: f64 = row
+                        .iter()
+                        .zip(&x)
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum();
+                    let got = table_row_dot(&e, i, &x);
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{cols}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
