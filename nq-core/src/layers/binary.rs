@@ -155,23 +155,15 @@ impl<S: AsRef<[u8]>> BinaryLinear<S> {
         let (s_row, rest) = rest.split_at_mut(m);
         let (bias, rest) = rest.split_at_mut(m);
         let (z, rest) = rest.split_at_mut(batch * n);
-        self.s_col.to_f32_into(s_col);
-        self.s_row.to_f32_into(s_row);
-        match &self.bias {
-            Some(b) => b.to_f32_into(bias),
-            None => bias.fill(0.0),
-        }
-        for (zb, xb) in z.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-            for ((zj, &xj), &s) in zb.iter_mut().zip(xb).zip(&*s_col) {
-                *zj = xj * s;
-            }
-        }
+        super::unpack_scales(
+            &self.s_col,
+            &self.s_row,
+            self.bias.as_ref(),
+            (&mut *s_col, &mut *s_row, &mut *bias),
+        );
+        super::scale_columns(x, s_col, z, n);
         sign_product(kernel, &self.signs.as_view(), z, batch, y, rest);
-        for yb in y.chunks_exact_mut(m) {
-            for ((yi, &s), &b) in yb.iter_mut().zip(&*s_row).zip(&*bias) {
-                *yi = s * *yi + b;
-            }
-        }
+        super::scale_rows_add_bias(y, s_row, bias, m);
     }
 
     /// Writes the dense `m × n` matrix this layer represents (row-major).

@@ -181,24 +181,16 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
         let (bias, rest) = rest.split_at_mut(m);
         let (z, rest) = rest.split_at_mut(batch * n);
         let (t, rest) = rest.split_at_mut(batch * r);
-        self.s_pre.to_f32_into(s_pre);
-        self.s_post.to_f32_into(s_post);
-        match &self.bias {
-            Some(b) => b.to_f32_into(bias),
-            None => bias.fill(0.0),
-        }
-        for (zb, xb) in z.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-            for ((zj, &xj), &s) in zb.iter_mut().zip(xb).zip(&*s_pre) {
-                *zj = xj * s;
-            }
-        }
+        super::unpack_scales(
+            &self.s_pre,
+            &self.s_post,
+            self.bias.as_ref(),
+            (&mut *s_pre, &mut *s_post, &mut *bias),
+        );
+        super::scale_columns(x, s_pre, z, n);
         sign_product(kernel, &self.v.as_view(), z, batch, t, rest);
         sign_product(kernel, &self.u.as_view(), t, batch, y, rest);
-        for yb in y.chunks_exact_mut(m) {
-            for ((yi, &s), &b) in yb.iter_mut().zip(&*s_post).zip(&*bias) {
-                *yi = s * *yi + b;
-            }
-        }
+        super::scale_rows_add_bias(y, s_post, bias, m);
     }
 
     /// Writes the dense `m × n` matrix this layer represents (row-major).

@@ -109,3 +109,37 @@ impl Linear<'_> {
 
 #[cfg(all(test, feature = "alloc"))]
 mod tests;
+
+/// Unpacks the two f16 scale vectors and the optional bias of a layer into
+/// f32 scratch (`bias` zero when absent).
+pub(crate) fn unpack_scales<S: AsRef<[u8]>>(
+    s_in: &crate::F16Vector<S>,
+    s_out: &crate::F16Vector<S>,
+    bias: Option<&crate::F16Vector<S>>,
+    (s_in_f, s_out_f, bias_f): (&mut [f32], &mut [f32], &mut [f32]),
+) {
+    s_in.to_f32_into(s_in_f);
+    s_out.to_f32_into(s_out_f);
+    match bias {
+        Some(b) => b.to_f32_into(bias_f),
+        None => bias_f.fill(0.0),
+    }
+}
+
+/// `z = x ⊙ s` for every `n`-wide row of `x`.
+pub(crate) fn scale_columns(x: &[f32], s: &[f32], z: &mut [f32], n: usize) {
+    for (zb, xb) in z.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+        for ((zj, &xj), &sj) in zb.iter_mut().zip(xb).zip(s) {
+            *zj = xj * sj;
+        }
+    }
+}
+
+/// `y = s ⊙ y + bias` for every `m`-wide row of `y`.
+pub(crate) fn scale_rows_add_bias(y: &mut [f32], s: &[f32], bias: &[f32], m: usize) {
+    for yb in y.chunks_exact_mut(m) {
+        for ((yi, &si), &b) in yb.iter_mut().zip(s).zip(bias) {
+            *yi = si * *yi + b;
+        }
+    }
+}
