@@ -31,14 +31,10 @@ struct Case {
 }
 
 impl Case {
-    /// Rank for `bpw` bits per weight: `r·(m+n) + 16·(m+n) = bpw·m·n`,
-    /// rounded down to a multiple of 32, at least 32, at most `min(m, n)`.
+    /// The rank the quantizer gives this shape at `bpw` (multiples of 32).
     fn rank(&self) -> usize {
-        let (m, n) = (self.m as f64, self.n as f64);
-        let r = ((self.bpw * m * n - 16.0 * (m + n)) / (m + n))
-            .floor()
-            .max(0.0) as usize;
-        (r / 32 * 32).max(32).min(self.m.min(self.n))
+        nq_host::quant::factor::rank_for_bpw(self.m, self.n, self.bpw, 32)
+            .expect("benchmark budgets are valid")
     }
 }
 

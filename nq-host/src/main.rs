@@ -235,14 +235,11 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let text = nq_host::tokenizer::read_text_for_eval(&args.text)
         .with_context(|| format!("cannot read {}", args.text.display()))?;
     let loaded = nq_host::source::load(&args.model)?;
-    let tokenizer = match (&args.tokenizer, loaded.tokenizer) {
-        (Some(t), _) => nq_host::source::load_tokenizer(t)?,
-        (None, Some(t)) => t,
-        (None, None) => bail!(
-            "{} has no tokenizer.json; pass --tokenizer",
-            args.model.display()
-        ),
-    };
+    let tokenizer = nq_host::source::choose_tokenizer(
+        &args.model,
+        loaded.tokenizer,
+        args.tokenizer.as_deref(),
+    )?;
     let w = &loaded.weights;
     if tokenizer.vocab_size() > w.config.vocab_size as usize {
         bail!(

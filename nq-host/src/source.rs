@@ -85,6 +85,9 @@ pub enum SourceError {
         /// The error.
         error: export::DequantError,
     },
+    /// The checkpoint carries no tokenizer and none was given.
+    #[error("{0} has no tokenizer; pass --tokenizer")]
+    NoTokenizer(PathBuf),
     /// Tokenizer errors.
     #[error("{path}: tokenizer: {error}")]
     Tokenizer {
@@ -214,4 +217,18 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, SourceError> {
     }
     Tokenizer::from_tokenizer_json(path)
         .map_err(|error| SourceError::Tokenizer { path: p(), error })
+}
+
+/// The tokenizer to use with `loaded` (from `model`): the one at
+/// `override_path` when given, else the checkpoint's own.
+pub fn choose_tokenizer(
+    model: &Path,
+    loaded: Option<Tokenizer>,
+    override_path: Option<&Path>,
+) -> Result<Tokenizer, SourceError> {
+    match (override_path, loaded) {
+        (Some(p), _) => load_tokenizer(p),
+        (None, Some(t)) => Ok(t),
+        (None, None) => Err(SourceError::NoTokenizer(model.to_path_buf())),
+    }
 }

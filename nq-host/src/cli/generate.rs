@@ -241,11 +241,8 @@ fn run_blob(a: &RunArgs) -> anyhow::Result<()> {
 
 fn run_reference(a: &RunArgs) -> anyhow::Result<()> {
     let loaded = nq_host::source::load(&a.model)?;
-    let tok = match (&a.tokenizer, loaded.tokenizer) {
-        (Some(t), _) => nq_host::source::load_tokenizer(t)?,
-        (None, Some(t)) => t,
-        (None, None) => bail!("{} has no tokenizer; pass --tokenizer", a.model.display()),
-    };
+    let tok =
+        nq_host::source::choose_tokenizer(&a.model, loaded.tokenizer, a.tokenizer.as_deref())?;
     let w = &loaded.weights;
     let mut ids = match (&a.prompt_ids, &a.prompt) {
         (Some(s), _) => parse_ids(s)?,

@@ -9,7 +9,7 @@
 //! tool can use a quantized model unchanged.
 
 use nq_core::blob::{Embedding, Head};
-use nq_core::layers::{DenseDtype, Linear, RowBits, RowQuantTensor};
+use nq_core::layers::{Linear, RowBits, RowQuantTensor};
 use nq_core::{BlobError, BlobView, DenseTensor};
 use rayon::prelude::*;
 
@@ -231,15 +231,4 @@ pub fn blob_tokenizer_json<'a>(view: &BlobView<'a>) -> Result<Option<&'a [u8]>, 
         Some(t) => t.as_raw_bytes().map(Some),
         None => Ok(None),
     }
-}
-
-/// Dense f16 copy of a dense weight, as a blob-ready payload (kept here so
-/// callers exporting an unquantized layer use the blob's dtype).
-pub fn dense_linear_payload(w: &Matrix) -> TensorPayload {
-    TensorPayload::Matrix(DenseTensor::from_f32(
-        w.rows,
-        w.cols,
-        DenseDtype::F16,
-        &w.data,
-    ))
 }
