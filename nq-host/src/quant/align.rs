@@ -86,11 +86,10 @@ use faer::linalg::cholesky::llt::solve::solve_in_place_with_conj;
 use faer::linalg::matmul::matmul;
 use faer::mat::{from_column_major_slice_mut, from_row_major_slice, from_row_major_slice_mut};
 use faer::{Conj, Parallelism};
-use nq_core::{BinaryLinear, F16Vector, SignMatrix};
+use nq_core::{F16Vector, SignMatrix};
 use rayon::prelude::*;
 
-use super::factor::{binary_bits, FactorError, Quantized};
-use crate::blob_writer::TensorPayload;
+use super::factor::{FactorError, Quantized};
 use crate::model::Matrix;
 
 /// Default damping `δ` (fraction of `mean(diag H)` added to the diagonals).
@@ -649,21 +648,13 @@ fn export(st: &State, m: usize, n: usize, bias: Option<&[f32]>) -> Result<Quanti
             *x = sr * b * sc;
         }
     }
-    let signs = SignMatrix::from_signs_of(m, n, &signs_f32);
-    let layer = BinaryLinear::new(signs, col16, row16, bias.map(F16Vector::from_f32))
-        .map_err(|_| FactorError::Numerical("binary layer shapes"))?;
-    Ok(Quantized {
-        payload: TensorPayload::Binary(layer),
-        dense: Matrix {
-            rows: m,
-            cols: n,
-            data: dense,
-        },
-        rank: None,
-        bits: binary_bits(m, n),
-        weighted_rel_error: 0.0,
-        latents: None,
-    })
+    super::factor::binary_quantized(
+        SignMatrix::from_signs_of(m, n, &signs_f32),
+        col16,
+        row16,
+        bias.map(F16Vector::from_f32),
+        dense,
+    )
 }
 
 /// Solves `A x = b` in place for symmetric positive definite `A` (`n × n`;

@@ -515,7 +515,25 @@ fn export_binary(
             *x = sr * sign1(wv) * sc;
         }
     }
-    let signs = SignMatrix::from_signs_of(m, n, &w.data);
+    binary_quantized(
+        SignMatrix::from_signs_of(m, n, &w.data),
+        col16,
+        row16,
+        bias,
+        dense,
+    )
+}
+
+/// A full-rank binary [`Quantized`] from its parts; `dense` (`m × n`) must
+/// be what the layer represents. The error is filled in by the caller.
+pub(crate) fn binary_quantized(
+    signs: SignMatrix<Vec<u8>>,
+    col16: F16Vector<Vec<u8>>,
+    row16: F16Vector<Vec<u8>>,
+    bias: Option<F16Vector<Vec<u8>>>,
+    dense: Vec<f32>,
+) -> Result<Quantized, FactorError> {
+    let (m, n) = (signs.rows(), signs.cols());
     let layer = BinaryLinear::new(signs, col16, row16, bias)
         .map_err(|_| FactorError::Numerical("binary layer shapes"))?;
     Ok(Quantized {
