@@ -395,7 +395,7 @@ fn train(
     imp: &[f32],
     t: usize,
     epochs: usize,
-    mut update: impl FnMut(&mut LayerWeights, &LayerWeights, f32),
+    mut update: impl FnMut(&mut LayerWeights, &dyn Fn(LinearId) -> Matrix, f32),
 ) {
     let total = epochs * xs.len();
     let mut step = 0;
@@ -405,9 +405,17 @@ fn train(
             let mut tape = BlockTape::default();
             block_forward(student, &w.config, rope, &mut y, t, Some(&mut tape));
             let (_, dy) = weighted_mse(&y, y_t, imp, t);
-            let g = block_backward(student, &w.config, rope, &tape, &dy, true);
-            let grads = g.weights.expect("weight grads were asked for");
-            update(student, &grads, cosine(1.0, step, total));
+            // Activation gradients only: each phase trains a few linears,
+            // so their weight gradients `dW = dYᵀ·X` are formed on demand.
+            let g = block_backward(student, &w.config, rope, &tape, &dy, false);
+            let weight_grad = |id: LinearId| {
+                let (dy, x) = (g.outputs.get(id), id.input(&tape));
+                let (m, n) = (dy.len() / t, x.len() / t);
+                let mut dw = Matrix::zeros(m, n);
+                matmul_tn(&mut dw.data, dy, x, m, n, t, false);
+                dw
+            };
+            update(student, &weight_grad, cosine(1.0, step, total));
             step += 1;
         }
     }
@@ -457,12 +465,7 @@ pub fn reconstruct_block(
                 |s, g, f| {
                     for (k, other) in LinearId::ALL.into_iter().enumerate() {
                         if let Slot::Fp(adam) = &mut slots[k] {
-                            adam.step(
-                                &mut other.weight_mut(s).data,
-                                &other.weight(g).data,
-                                lr * f,
-                                wd,
-                            );
+                            adam.step(&mut other.weight_mut(s).data, &g(other).data, lr * f, wd);
                         }
                     }
                 },
@@ -523,7 +526,7 @@ pub fn reconstruct_block(
                 t,
                 ropts.ste_epochs,
                 |s, g, f| {
-                    let gr = tf.state.grads(id.weight(g));
+                    let gr = tf.state.grads(&g(id));
                     let st = &mut tf.state;
                     tf.adam[0].step(&mut st.la.data, &gr.la, llr * f, wd);
                     tf.adam[1].step(&mut st.lb.data, &gr.lb, llr * f, wd);
