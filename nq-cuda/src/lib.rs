@@ -1,14 +1,45 @@
 //! nq-cuda: nanoquant's CUDA backend, over cudarc.
 //!
 //! cudarc is built with dynamic loading, so this crate compiles on any
-//! machine and links no CUDA library. What is here today is the device
-//! probe the rest of the workspace uses to decide between GPU and CPU; it
-//! never panics: it checks that the driver library can be loaded before
-//! asking cudarc for anything (cudarc panics when the library is missing),
-//! and it contains any panic cudarc raises anyway.
+//! machine and links no CUDA library; the libraries (driver, cuBLAS,
+//! cuSOLVER, NVRTC) are opened at run time.
+//!
+//! - [`probe`] finds usable devices and never panics: it checks that the
+//!   driver library can be loaded before asking cudarc for anything (cudarc
+//!   panics when a library is missing) and contains any panic cudarc raises
+//!   anyway.
+//! - [`Gpu`] is an opened device with the operations nq-host's quantizer
+//!   backend needs (cuBLAS products, the ADMM kernels of `kernels/*.cu`
+//!   compiled by NVRTC, a cuSOLVER Cholesky inverse).
+//! - [`kernels`] holds the kernel sources; [`nvrtc`] compiles them.
 #![deny(missing_docs)]
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+
+mod gpu;
+pub mod kernels;
+pub mod nvrtc;
+
+pub use gpu::{Buf, GemmPrecision, Gpu, Op};
+
+/// A CUDA failure, as one line for users.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaError(String);
+
+impl CudaError {
+    /// An error with this message.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+impl std::fmt::Display for CudaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CudaError {}
 
 use cudarc::driver::{result, sys};
 

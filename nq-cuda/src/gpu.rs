@@ -1,0 +1,614 @@
+//! A CUDA device ready for nanoquant's work: context, stream, cuBLAS and
+//! cuSOLVER handles, and the NVRTC-compiled kernels of [`crate::kernels`].
+//!
+//! Every operation takes row-major `f32` device buffers ([`Buf`]) with
+//! explicit shapes, checks the shapes (a wrong length is an error, not an
+//! out-of-bounds access) and is queued on the one stream; only
+//! [`Gpu::download`] and the Cholesky solve (which reads back its status)
+//! wait for the device.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
+use cudarc::cusolver::sys as solver_sys;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::{kernels, nvrtc, CudaError, DeviceInfo};
+
+/// A row-major `f32` matrix in device memory.
+pub type Buf = CudaSlice<f32>;
+
+/// Which operand of a product is transposed (row-major shapes: `c` is
+/// `m × n`, the inner dimension `k`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `c = a · bᵀ`, `a` `m × k`, `b` `n × k`.
+    Nt,
+    /// `c = a · b`, `a` `m × k`, `b` `k × n`.
+    Nn,
+    /// `c = aᵀ · b`, `a` `k × m`, `b` `k × n`.
+    Tn,
+}
+
+/// Arithmetic of the cuBLAS products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GemmPrecision {
+    /// IEEE f32 (matches the CPU backend to rounding).
+    #[default]
+    F32,
+    /// TF32 tensor cores (10-bit mantissa products, f32 accumulation).
+    Tf32,
+}
+
+/// Launches kernel `$name` with `$cfg` and the arguments, in order.
+///
+/// Every kernel bounds its indexing by the shape arguments passed with it;
+/// callers check those shapes against the buffers before launching.
+macro_rules! launch {
+    ($gpu:expr, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let cfg: LaunchConfig = $cfg;
+        let f = $gpu.function($name)?;
+        let mut b = $gpu.stream.launch_builder(f);
+        $( b.arg($arg); )+
+        // SAFETY: see the macro's documentation; the arguments match the
+        // kernel's parameter list in kernels/*.cu (types and order).
+        unsafe { b.launch(cfg) }.map_err(|e| err($name, e))?;
+    }};
+}
+
+/// Threads per block of the reduction kernels (`NQ_BLOCK` in the sources).
+const BLOCK: u32 = 256;
+
+/// cuSOLVER dense handle.
+struct Solver(solver_sys::cusolverDnHandle_t);
+
+// SAFETY: the handle is only used under `Gpu::solver`'s lock, one thread at
+// a time, which is what cuSOLVER requires of a handle.
+unsafe impl Send for Solver {}
+
+/// An initialized CUDA device.
+pub struct Gpu {
+    info: DeviceInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: HashMap<&'static str, CudaFunction>,
+    /// The solver handle, one user at a time.
+    solver: Mutex<Solver>,
+}
+
+fn err(what: &str, e: impl std::fmt::Debug) -> CudaError {
+    CudaError::new(format!("{what}: {e:?}"))
+}
+
+/// Library names of cuBLAS and cuSOLVER (CUDA 12).
+fn math_libraries_present() -> Result<(), CudaError> {
+    for (what, names) in [
+        ("cuBLAS", &["libcublas.so.12", "libcublas.so"][..]),
+        ("cuBLASLt", &["libcublasLt.so.12", "libcublasLt.so"][..]),
+        ("cuSOLVER", &["libcusolver.so.11", "libcusolver.so"][..]),
+    ] {
+        // SAFETY: as in `driver_library_present`: load and drop.
+        let found = names
+            .iter()
+            .any(|n| unsafe { libloading::Library::new(n) }.is_ok());
+        if !found && !cfg!(windows) {
+            return Err(CudaError::new(format!(
+                "{what} library not found ({})",
+                names.join(" or ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Gpu {
+    /// Opens device `ordinal`: compiles the kernels for its architecture
+    /// and creates the library handles. Never panics; every failure (no
+    /// driver, no such device, a library missing) is an error.
+    pub fn new(ordinal: usize, precision: GemmPrecision) -> Result<Self, CudaError> {
+        let probe = crate::probe();
+        let info = probe
+            .devices()
+            .iter()
+            .find(|d| d.ordinal == ordinal)
+            .cloned()
+            .ok_or_else(|| {
+                CudaError::new(format!("no CUDA device {ordinal}: {}", probe.describe()))
+            })?;
+        math_libraries_present()?;
+        catch_unwind(AssertUnwindSafe(|| Self::open(info, precision)))
+            .unwrap_or_else(|_| Err(CudaError::new("a CUDA library could not be used")))
+    }
+
+    fn open(info: DeviceInfo, precision: GemmPrecision) -> Result<Self, CudaError> {
+        let (major, minor) = info.compute_capability;
+        let arch = (major * 10 + minor) as u32;
+        let ctx = CudaContext::new(info.ordinal).map_err(|e| err("CUDA context", e))?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS", e))?;
+        let mode = match precision {
+            GemmPrecision::F32 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+            GemmPrecision::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+        };
+        // SAFETY: `blas` owns a live handle.
+        let status = unsafe { blas_sys::cublasSetMathMode(*blas.handle(), mode) };
+        if status != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(err("cublasSetMathMode", status));
+        }
+        let mut functions = HashMap::new();
+        for src in kernels::ALL {
+            let ptx = nvrtc::compile(src.file, src.source, arch)?;
+            let module = ctx
+                .load_module(Ptx::from_src(ptx))
+                .map_err(|e| err(src.file, e))?;
+            for &name in src.entry_points {
+                let f = module.load_function(name).map_err(|e| err(name, e))?;
+                functions.insert(name, f);
+            }
+        }
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: cusolverDnCreate writes a fresh handle; it is bound to our
+        // stream (cudarc's stream handle is the driver's CUstream, which the
+        // runtime API accepts as cudaStream_t).
+        unsafe {
+            check_solver(
+                solver_sys::cusolverDnCreate(&mut handle),
+                "cusolverDnCreate",
+            )?;
+            check_solver(
+                solver_sys::cusolverDnSetStream(handle, stream.cu_stream() as _),
+                "cusolverDnSetStream",
+            )?;
+        }
+        Ok(Self {
+            info,
+            ctx,
+            stream,
+            blas,
+            functions,
+            solver: Mutex::new(Solver(handle)),
+        })
+    }
+
+    /// The device.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Copies host data to a new device buffer.
+    pub fn upload(&self, data: &[f32]) -> Result<Buf, CudaError> {
+        self.stream.memcpy_stod(data).map_err(|e| err("upload", e))
+    }
+
+    /// A new zeroed device buffer of `len` values.
+    pub fn zeros(&self, len: usize) -> Result<Buf, CudaError> {
+        self.stream.alloc_zeros(len).map_err(|e| err("alloc", e))
+    }
+
+    /// Copies a device buffer into `out` (same length) and waits for it.
+    pub fn download(&self, buf: &Buf, out: &mut [f32]) -> Result<(), CudaError> {
+        if buf.len() != out.len() {
+            return Err(CudaError::new("download: length mismatch"));
+        }
+        self.stream
+            .memcpy_dtoh(buf, out)
+            .map_err(|e| err("download", e))?;
+        self.stream.synchronize().map_err(|e| err("synchronize", e))
+    }
+
+    /// `dst = src` (same length).
+    pub fn copy(&self, dst: &mut Buf, src: &Buf) -> Result<(), CudaError> {
+        if dst.len() != src.len() {
+            return Err(CudaError::new("copy: length mismatch"));
+        }
+        self.stream
+            .memcpy_dtod(src, dst)
+            .map_err(|e| err("copy", e))
+    }
+
+    /// Row-major `c = op(a, b)` (`c` `m × n`, inner dimension `k`) through
+    /// cuBLAS, which is column-major: a row-major matrix read column-major
+    /// is its transpose, so `cᵀ = op(b)ᵀ op(a)ᵀ` is computed with the
+    /// operands swapped.
+    pub fn matmul(
+        &self,
+        c: &mut Buf,
+        a: &Buf,
+        b: &Buf,
+        op: Op,
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<(), CudaError> {
+        if c.len() != m * n || a.len() != m * k || b.len() != k * n {
+            return Err(CudaError::new(
+                "matmul: operand sizes do not match the shape",
+            ));
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let int =
+            |x: usize| i32::try_from(x).map_err(|_| CudaError::new("matmul: dimension over 2^31"));
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
+        // (op on b, op on a, ld of b, ld of a) in cuBLAS's column-major terms.
+        let (tb, ta, ldb, lda) = match op {
+            Op::Nt => (T, N, k, k),
+            Op::Nn => (N, N, n, k),
+            Op::Tn => (N, T, n, m),
+        };
+        let cfg = GemmConfig {
+            transa: tb,
+            transb: ta,
+            m: int(n)?,
+            n: int(m)?,
+            k: int(k)?,
+            alpha: 1.0f32,
+            lda: int(ldb)?,
+            ldb: int(lda)?,
+            beta: 0.0f32,
+            ldc: int(n)?,
+        };
+        // SAFETY: the sizes checked above cover every element the product
+        // reads (b: k·n, a: m·k) and writes (c: m·n) with these strides.
+        unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| err("cublasSgemm", e))
+    }
+
+    fn function(&self, name: &'static str) -> Result<&CudaFunction, CudaError> {
+        self.functions
+            .get(name)
+            .ok_or_else(|| CudaError::new(format!("kernel {name} not loaded")))
+    }
+
+    fn alloc_f64(&self, len: usize) -> Result<CudaSlice<f64>, CudaError> {
+        self.stream
+            .alloc_zeros::<f64>(len.max(1))
+            .map_err(|e| err("alloc", e))
+    }
+
+    /// Each row of `x` (`rows × cols`) scaled to unit norm.
+    pub fn normalize_rows(&self, x: &mut Buf, rows: usize, cols: usize) -> Result<(), CudaError> {
+        let (r, c) = shape(x.len(), rows, cols)?;
+        if rows > 0 {
+            launch!(self, "nq_normalize_rows", per_row(rows), x, &r, &c);
+        }
+        Ok(())
+    }
+
+    /// `dst = src / ‖column‖` for each column of `src` (`rows × cols`).
+    pub fn divide_by_column_norms(
+        &self,
+        dst: &mut Buf,
+        src: &Buf,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), CudaError> {
+        let (r, c) = shape(src.len(), rows, cols)?;
+        shape(dst.len(), rows, cols)?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let mut sums = self.alloc_f64(cols)?;
+        launch!(
+            self,
+            "nq_column_sumsq",
+            per_elem(cols),
+            src,
+            &r,
+            &c,
+            &mut sums
+        );
+        launch!(
+            self,
+            "nq_divide_columns",
+            grid_stride(rows * cols),
+            dst,
+            src,
+            &sums,
+            &r,
+            &c
+        );
+        Ok(())
+    }
+
+    /// SVID (DESIGN.md §3): `out = sign(x) ⊙ u vᵀ` with `u vᵀ` the rank-1
+    /// alternating-least-squares fit of `|x|` from `v = 1`, `iters ≥ 1`.
+    pub fn svid(
+        &self,
+        x: &Buf,
+        rows: usize,
+        cols: usize,
+        iters: usize,
+        out: &mut Buf,
+    ) -> Result<(), CudaError> {
+        let (r, c) = shape(x.len(), rows, cols)?;
+        shape(out.len(), rows, cols)?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let mut u = self.alloc_f64(rows)?;
+        let mut v = self.alloc_f64(cols)?;
+        let mut vv = self.alloc_f64(1)?;
+        let mut uu = self.alloc_f64(1)?;
+        let one = 1.0f64;
+        launch!(self, "nq_fill_f64", per_elem(cols), &mut v, &c, &one);
+        for _ in 0..iters.max(1) {
+            launch!(self, "nq_sumsq_f64", single_block(), &v, &c, &mut vv);
+            launch!(self, "nq_svid_u", per_row(rows), x, &v, &vv, &mut u, &r, &c);
+            launch!(self, "nq_sumsq_f64", single_block(), &u, &r, &mut uu);
+            launch!(
+                self,
+                "nq_svid_v",
+                per_elem(cols),
+                x,
+                &u,
+                &uu,
+                &mut v,
+                &r,
+                &c
+            );
+        }
+        launch!(
+            self,
+            "nq_svid_out",
+            grid_stride(rows * cols),
+            x,
+            &u,
+            &v,
+            out,
+            &r,
+            &c
+        );
+        Ok(())
+    }
+
+    /// Checks three equally long buffers and returns their length as `int`.
+    fn same_len(out: &Buf, a: &Buf, b: &Buf) -> Result<i32, CudaError> {
+        if a.len() != out.len() || b.len() != out.len() {
+            return Err(CudaError::new("element-wise operands differ in length"));
+        }
+        i32::try_from(out.len()).map_err(|_| CudaError::new("buffer over 2^31 values"))
+    }
+
+    /// `out = a + b`.
+    pub fn add(&self, out: &mut Buf, a: &Buf, b: &Buf) -> Result<(), CudaError> {
+        let n = Self::same_len(out, a, b)?;
+        launch!(self, "nq_add", grid_stride(out.len()), out, a, b, &n);
+        Ok(())
+    }
+
+    /// `out = a − b`.
+    pub fn sub(&self, out: &mut Buf, a: &Buf, b: &Buf) -> Result<(), CudaError> {
+        let n = Self::same_len(out, a, b)?;
+        launch!(self, "nq_sub", grid_stride(out.len()), out, a, b, &n);
+        Ok(())
+    }
+
+    /// `rhs += ρ (z − u)`.
+    pub fn add_penalty(&self, rhs: &mut Buf, rho: f32, z: &Buf, u: &Buf) -> Result<(), CudaError> {
+        let n = Self::same_len(rhs, z, u)?;
+        if rho != 0.0 {
+            launch!(
+                self,
+                "nq_add_penalty",
+                grid_stride(rhs.len()),
+                rhs,
+                &rho,
+                z,
+                u,
+                &n
+            );
+        }
+        Ok(())
+    }
+
+    /// `u += x − z`.
+    pub fn dual_update(&self, u: &mut Buf, x: &Buf, z: &Buf) -> Result<(), CudaError> {
+        let n = Self::same_len(u, x, z)?;
+        launch!(self, "nq_dual_update", grid_stride(u.len()), u, x, z, &n);
+        Ok(())
+    }
+
+    /// `inverse = (gram + shift·I)⁻¹` for a symmetric `r × r` `gram`, by an
+    /// f64 Cholesky factorization and inversion (cuSOLVER potrf + potri).
+    /// A system that is not positive definite, or an inverse that does not
+    /// fit f32, is an error.
+    pub fn invert_shifted(
+        &self,
+        gram: &Buf,
+        shift: f32,
+        r: usize,
+        inverse: &mut Buf,
+    ) -> Result<(), CudaError> {
+        if gram.len() != r * r || inverse.len() != r * r {
+            return Err(CudaError::new("invert_shifted: sizes do not match r × r"));
+        }
+        if r == 0 {
+            return Ok(());
+        }
+        let ri = i32::try_from(r).map_err(|_| CudaError::new("rank over 2^31"))?;
+        shape(r * r, r, r)?;
+        let solver = self
+            .solver
+            .lock()
+            .map_err(|_| CudaError::new("cuSOLVER handle poisoned by an earlier failure"))?;
+        let handle = solver.0;
+        let mut sys = self.alloc_f64(r * r)?;
+        launch!(
+            self,
+            "nq_shifted_system",
+            grid_stride(r * r),
+            gram,
+            &mut sys,
+            &ri,
+            &shift
+        );
+
+        use solver_sys::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER as LOWER;
+        let (mut lwork, mut lwork_inv) = (0i32, 0i32);
+        {
+            let (p, _sync) = sys.device_ptr_mut(&self.stream);
+            // SAFETY: `p` is an r × r f64 device matrix (lda = r); the
+            // size queries only read the shape.
+            unsafe {
+                check_solver(
+                    solver_sys::cusolverDnDpotrf_bufferSize(
+                        handle,
+                        LOWER,
+                        ri,
+                        p as *mut f64,
+                        ri,
+                        &mut lwork,
+                    ),
+                    "potrf_bufferSize",
+                )?;
+                check_solver(
+                    solver_sys::cusolverDnDpotri_bufferSize(
+                        handle,
+                        LOWER,
+                        ri,
+                        p as *mut f64,
+                        ri,
+                        &mut lwork_inv,
+                    ),
+                    "potri_bufferSize",
+                )?;
+            }
+        }
+        let lwork = lwork.max(lwork_inv).max(1);
+        let mut work = self.alloc_f64(lwork as usize)?;
+        let mut info = self
+            .stream
+            .alloc_zeros::<i32>(1)
+            .map_err(|e| err("alloc", e))?;
+        for step in ["potrf", "potri"] {
+            let status = {
+                let (p, _s1) = sys.device_ptr_mut(&self.stream);
+                let (w, _s2) = work.device_ptr_mut(&self.stream);
+                let (i, _s3) = info.device_ptr_mut(&self.stream);
+                let (p, w, i) = (p as *mut f64, w as *mut f64, i as *mut i32);
+                // SAFETY: sys is r × r (lda r), work holds lwork values and
+                // info one i32, all device memory used on this handle's stream.
+                unsafe {
+                    if step == "potrf" {
+                        solver_sys::cusolverDnDpotrf(handle, LOWER, ri, p, ri, w, lwork, i)
+                    } else {
+                        solver_sys::cusolverDnDpotri(handle, LOWER, ri, p, ri, w, lwork, i)
+                    }
+                }
+            };
+            check_solver(status, step)?;
+            let mut host = [0i32];
+            self.stream
+                .memcpy_dtoh(&info, &mut host)
+                .map_err(|e| err("download", e))?;
+            self.stream
+                .synchronize()
+                .map_err(|e| err("synchronize", e))?;
+            if host[0] != 0 {
+                return Err(CudaError::new("normal equations not positive definite"));
+            }
+        }
+        let mut bad = self
+            .stream
+            .alloc_zeros::<i32>(1)
+            .map_err(|e| err("alloc", e))?;
+        launch!(
+            self,
+            "nq_inverse_to_f32",
+            grid_stride(r * r),
+            &sys,
+            inverse,
+            &ri,
+            &mut bad
+        );
+        let mut host = [0i32];
+        self.stream
+            .memcpy_dtoh(&bad, &mut host)
+            .map_err(|e| err("download", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| err("synchronize", e))?;
+        if host[0] != 0 {
+            return Err(CudaError::new("non-finite inverse"));
+        }
+        Ok(())
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.ctx.synchronize().map_err(|e| err("synchronize", e))
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.solver.lock() {
+            if !s.0.is_null() {
+                // SAFETY: the handle was created in `open` and is destroyed
+                // once (then nulled).
+                unsafe { solver_sys::cusolverDnDestroy(s.0) };
+                s.0 = std::ptr::null_mut();
+            }
+        }
+    }
+}
+
+fn check_solver(s: solver_sys::cusolverStatus_t, what: &str) -> Result<(), CudaError> {
+    if s == solver_sys::cusolverStatus_t::CUSOLVER_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(err(what, s))
+    }
+}
+
+/// Checks `len == rows · cols` and that both fit the kernels' `int`.
+fn shape(len: usize, rows: usize, cols: usize) -> Result<(i32, i32), CudaError> {
+    if rows.checked_mul(cols) != Some(len) {
+        return Err(CudaError::new(format!(
+            "buffer of {len} values is not {rows} × {cols}"
+        )));
+    }
+    let r = i32::try_from(rows).map_err(|_| CudaError::new("rows over 2^31"))?;
+    let c = i32::try_from(cols).map_err(|_| CudaError::new("cols over 2^31"))?;
+    i32::try_from(len).map_err(|_| CudaError::new("matrix over 2^31 values"))?;
+    Ok((r, c))
+}
+
+fn per_row(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn per_elem(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(BLOCK).max(1), 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn single_block() -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Grid-stride kernels: enough blocks to fill the device, capped.
+fn grid_stride(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}

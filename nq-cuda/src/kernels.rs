@@ -1,0 +1,53 @@
+//! The CUDA C sources of nanoquant's kernels, compiled at run time with
+//! NVRTC (and in CI to PTX and SASS, see `tests/compile.rs`).
+
+/// One kernel source file.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSource {
+    /// File name under `nq-cuda/kernels/`.
+    pub file: &'static str,
+    /// CUDA C source.
+    pub source: &'static str,
+    /// The `extern "C"` entry points it defines.
+    pub entry_points: &'static [&'static str],
+}
+
+/// ADMM's element-wise and reduction steps.
+pub const ADMM: KernelSource = KernelSource {
+    file: "admm.cu",
+    source: include_str!("../kernels/admm.cu"),
+    entry_points: &[
+        "nq_normalize_rows",
+        "nq_column_sumsq",
+        "nq_divide_columns",
+        "nq_fill_f64",
+        "nq_sumsq_f64",
+        "nq_svid_u",
+        "nq_svid_v",
+        "nq_svid_out",
+        "nq_add",
+        "nq_sub",
+        "nq_add_penalty",
+        "nq_dual_update",
+        "nq_shifted_system",
+        "nq_inverse_to_f32",
+    ],
+};
+
+/// Every kernel source of the crate.
+pub const ALL: &[KernelSource] = &[ADMM];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_point_is_defined_in_its_source() {
+        for k in ALL {
+            for e in k.entry_points {
+                let decl = format!("__global__ void {e}(");
+                assert!(k.source.contains(&decl), "{}: {e} not found", k.file);
+            }
+        }
+    }
+}
