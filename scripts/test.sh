@@ -312,6 +312,18 @@ bgemm_bench_smoke() {
     (cd examples/bgemm-bench && cargo run --release -q -- --small --batch 1 --min-ms 1)
 }
 
+# nq-cuda's kernel sources must compile to PTX (NVRTC) and SASS (ptxas) on
+# this GPU-less machine: fetch both from PyPI wheels and make their absence
+# a test failure instead of a SKIP.
+cuda_tools() {
+    local env
+    env=$(scripts/fetch-cuda-tools.sh)
+    eval "$env"
+    export NQ_REQUIRE_CUDA_TOOLS=1
+    echo "    NQ_PTXAS=$NQ_PTXAS"
+    "$NQ_PTXAS" --version | tail -n 1 | sed 's/^/    /'
+}
+
 # A clean clone must build from the committed Cargo.lock as it is.
 lockfile_is_current() {
     cargo metadata --locked --format-version 1 >/dev/null
@@ -335,6 +347,7 @@ if ((!QUICK)); then
     # must run, so fetch them and make their absence an error.
     step "assets: fetch and verify (scripts/fetch-assets.sh)" scripts/fetch-assets.sh
     export NQ_REQUIRE_ASSETS=1
+    step "CUDA tools: NVRTC and ptxas from PyPI (scripts/fetch-cuda-tools.sh)" cuda_tools
 fi
 step "test: workspace (host)" cargo test --workspace
 step "test: nq-core --no-default-features (no allocator)" \

@@ -79,7 +79,7 @@ impl Probe {
     /// One line for users: what was found.
     pub fn describe(&self) -> String {
         match self {
-            Self::NoDriver => "no CUDA driver library found (libcuda); using the CPU".into(),
+            Self::NoDriver => "no CUDA driver library found (libcuda)".into(),
             Self::Unusable(why) => format!("CUDA driver present but unusable: {why}"),
             Self::Ready(devs) => devs
                 .iter()

@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
             iters: env("ITERS", 50),
             ..AdmmOptions::default()
         },
+        compute: nq_host::backend::Compute::Cpu,
     };
     let trained = ReconOptions {
         comp_epochs: env("COMP", 1),

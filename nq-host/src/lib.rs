@@ -5,6 +5,7 @@
 //! and the deterministic blob writer and inspector.
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod bench;
 pub mod blob_writer;
 pub mod eval;

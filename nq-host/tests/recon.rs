@@ -135,6 +135,7 @@ fn qopts() -> QuantizeOptions {
             iters: 30,
             ..AdmmOptions::default()
         },
+        compute: nq_host::backend::Compute::Cpu,
     }
 }
 

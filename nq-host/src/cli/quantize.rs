@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
+use nq_host::backend::{select, DeviceChoice};
 use nq_host::quant::calib::{sample_windows, tokenize_files, CalibOptions};
 use nq_host::quant::export::{build_blob, EmbedFormat};
 use nq_host::quant::factor::{AdmmOptions, Method};
@@ -66,17 +67,6 @@ pub enum Recipe {
     /// ADMM plus block reconstruction (error compensation and
     /// straight-through training), block by block.
     Full,
-}
-
-/// Where the numerics run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-pub enum Device {
-    /// CUDA when usable, else the CPU.
-    Auto,
-    /// All CPU cores.
-    Cpu,
-    /// An NVIDIA GPU.
-    Cuda,
 }
 
 #[derive(clap::Args)]
@@ -152,9 +142,11 @@ pub struct QuantizeArgs {
     /// Do not store tokenizer.json (nor the tokenizer.tokens table) in the blob.
     #[arg(long)]
     no_tokenizer: bool,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    /// Compute device of the ADMM factorization: auto (the GPU when one is
+    /// usable, else the CPU), cpu, or cuda (an error without a GPU).
+    /// Statistics and reconstruction run on the CPU.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -255,11 +247,12 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     if admm_iters == 0 && a.method == Method::NanoQuant {
         bail!("--admm-iters must be at least 1");
     }
-    match a.device {
-        Device::Cuda => bail!(
-            "the CUDA quantizer is not built yet (nq-host devices lists GPUs); use --device cpu"
-        ),
-        Device::Auto | Device::Cpu => {}
+    let (compute, notice) = select(a.device).map_err(|e| anyhow!("--device: {e}"))?;
+    if !a.quiet {
+        match notice {
+            Some(n) => eprintln!("note: {n}"),
+            None => eprintln!("device: {}", compute.describe()),
+        }
     }
     super::set_threads(a.threads)?;
     check_writable(&a.out)?;
@@ -343,6 +336,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             seed: a.seed,
             ..AdmmOptions::default()
         },
+        compute,
     };
     let full = a.recipe == Recipe::Full && a.method == Method::NanoQuant;
     let recon = ReconOptions {

@@ -35,17 +35,14 @@
 //! * Bit counts cover signs plus the two f16 scale vectors; an f16 bias is
 //!   not counted (dense layers keep theirs too).
 
-use faer::dyn_stack::{GlobalPodBuffer, PodStack};
-use faer::linalg::cholesky::llt::compute::{cholesky_in_place, cholesky_in_place_req};
-use faer::linalg::cholesky::llt::inverse::{invert_lower_in_place, invert_lower_in_place_req};
-use faer::Parallelism;
 use nq_core::{BinaryLinear, F16Vector, FactorizedLinear, SignMatrix};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::backend::{column_norms, Backend, BackendError, Compute, CpuBackend, Op};
 use crate::blob_writer::TensorPayload;
-use crate::linalg::{matmul_nn, matmul_nt, matmul_tn};
+use crate::linalg::matmul_nn;
 use crate::model::Matrix;
 
 /// Bits of one f16 scale entry.
@@ -106,6 +103,18 @@ pub enum FactorError {
     /// The computation broke down (a singular system or an f16 overflow).
     #[error("numerical failure: {0}")]
     Numerical(&'static str),
+    /// The compute device failed.
+    #[error("compute device: {0}")]
+    Device(String),
+}
+
+impl From<BackendError> for FactorError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Numerical(what) => Self::Numerical(what),
+            BackendError::Device(what) => Self::Device(what),
+        }
+    }
 }
 
 /// Diagonal second-moment statistics of one linear layer (DESIGN.md §3).
@@ -287,6 +296,20 @@ pub fn quantize_linear(
     rank: usize,
     opts: &AdmmOptions,
 ) -> Result<Quantized, FactorError> {
+    quantize_linear_on(&Compute::Cpu, w, bias, energies, method, rank, opts)
+}
+
+/// [`quantize_linear`] with NanoQuant's ADMM on `compute`'s device (the
+/// other methods are closed-form and always run on the CPU).
+pub fn quantize_linear_on(
+    compute: &Compute,
+    w: &Matrix,
+    bias: Option<&[f32]>,
+    energies: &LayerEnergies,
+    method: Method,
+    rank: usize,
+    opts: &AdmmOptions,
+) -> Result<Quantized, FactorError> {
     validate(w, bias, energies)?;
     let (m, n) = (w.rows, w.cols);
     let bias16 = bias.map(F16Vector::from_f32);
@@ -299,7 +322,7 @@ pub fn quantize_linear(
                 });
             }
             let (factors, latents) = if method == Method::NanoQuant {
-                let (f, l) = nanoquant_factors(w, energies, rank, opts)?;
+                let (f, l) = nanoquant_factors(w, energies, rank, opts, compute)?;
                 (f, Some(l))
             } else {
                 (svd_factors(w, rank), None)
@@ -432,7 +455,7 @@ fn frob(v: &[f32]) -> f64 {
 
 /// `±1` as f32 with `sign(0) = +1` (the runtime's convention).
 #[inline]
-fn sign1(x: f32) -> f32 {
+pub(crate) fn sign1(x: f32) -> f32 {
     if x < 0.0 {
         -1.0
     } else {
@@ -600,12 +623,14 @@ fn norm64(v: &[f64]) -> f64 {
 }
 
 /// NanoQuant ADMM (DESIGN.md §3): exported factors in `W`'s frame (before
-/// balancing) and the training latents, fully transformed.
+/// balancing) and the training latents, fully transformed. The iterations
+/// run on `compute`'s device; the O(m·n) pre- and post-processing here.
 fn nanoquant_factors(
     w: &Matrix,
     e: &LayerEnergies,
     r: usize,
     opts: &AdmmOptions,
+    compute: &Compute,
 ) -> Result<(Factors, (Matrix, Matrix)), FactorError> {
     if !opts.ridge.is_finite() || opts.ridge < 0.0 {
         return Err(FactorError::BadOption("ridge must be finite and ≥ 0"));
@@ -619,17 +644,17 @@ fn nanoquant_factors(
             *x *= so * si;
         }
     }
-    let mut st = Admm::new(wt, m, n, r, opts)?;
-    for t in 0..opts.iters {
-        st.iterate(t as f32 / opts.iters as f32, opts.ridge)?;
-    }
+    let AdmmResult { az, in_a, bz, in_b } = match compute {
+        Compute::Cpu => run_admm(&CpuBackend::default(), &wt, m, n, r, opts)?,
+        Compute::Cuda(gpu) => run_admm(gpu.as_ref(), &wt, m, n, r, opts)?,
+    };
     // Export pair: (A_z with unit columns, B_z); latents get the same
     // column factors. Then undo the preconditioning.
-    let col_norms = column_norms(&st.az, m, r);
-    let mut a = st.az;
-    let mut la = st.in_a;
-    let mut b = st.bz;
-    let mut lb = st.in_b;
+    let col_norms = column_norms(&az, m, r);
+    let mut a = az;
+    let mut la = in_a;
+    let mut b = bz;
+    let mut lb = in_b;
     for mat in [&mut a, &mut la] {
         for (row, &so) in mat.chunks_mut(r).zip(&out_root) {
             for (x, &c) in row.iter_mut().zip(&col_norms) {
@@ -664,95 +689,74 @@ fn nanoquant_factors(
     Ok((f, latents))
 }
 
-/// Euclidean norm of each column of a row-major `rows × cols` matrix, with
-/// zero norms replaced by 1 (a zero column stays zero).
-fn column_norms(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut acc = vec![0.0f64; cols];
-    for row in x.chunks(cols).take(rows) {
-        for (a, &v) in acc.iter_mut().zip(row) {
-            *a += f64::from(v) * f64::from(v);
-        }
-    }
-    acc.iter()
-        .map(|&s| if s > 0.0 { s.sqrt() as f32 } else { 1.0 })
-        .collect()
+/// What ADMM hands back to the host: `A_z`, `B_z` and the last Z-step
+/// inputs (the latents), preconditioned frame.
+struct AdmmResult {
+    az: Vec<f32>,
+    in_a: Vec<f32>,
+    bz: Vec<f32>,
+    in_b: Vec<f32>,
 }
 
-/// SVID: `out = sign(M) ⊙ (u vᵀ)`, `u vᵀ` a rank-1 approximation of `|M|`
-/// by alternating least squares from `v = 1` (`iters ≥ 1` alternations).
-/// `u`, `v` are scratch of at least `rows` and `cols` entries.
-fn svid(
-    x: &[f32],
-    rows: usize,
-    cols: usize,
-    iters: usize,
-    out: &mut [f32],
-    u: &mut [f64],
-    v: &mut [f64],
-) {
-    let (u, v) = (&mut u[..rows], &mut v[..cols]);
-    v.fill(1.0);
-    for _ in 0..iters.max(1) {
-        let vv: f64 = v.iter().map(|a| a * a).sum();
-        for (ui, row) in u.iter_mut().zip(x.chunks(cols)) {
-            let dot: f64 = row
-                .iter()
-                .zip(v.iter())
-                .map(|(&a, &b)| f64::from(a.abs()) * b)
-                .sum();
-            *ui = if vv > 0.0 { dot / vv } else { 0.0 };
-        }
-        let uu: f64 = u.iter().map(|a| a * a).sum();
-        v.fill(0.0);
-        for (&ui, row) in u.iter().zip(x.chunks(cols)) {
-            for (vk, &a) in v.iter_mut().zip(row) {
-                *vk += ui * f64::from(a.abs());
-            }
-        }
-        let inv = if uu > 0.0 { 1.0 / uu } else { 0.0 };
-        v.iter_mut().for_each(|a| *a *= inv);
+/// Runs the whole ADMM of one layer on `be` for the preconditioned `wt`.
+fn run_admm<B: Backend>(
+    be: &B,
+    wt: &[f32],
+    m: usize,
+    n: usize,
+    r: usize,
+    opts: &AdmmOptions,
+) -> Result<AdmmResult, FactorError> {
+    let mut st = Admm::new(be, wt, m, n, r, opts)?;
+    for t in 0..opts.iters {
+        st.iterate(t as f32 / opts.iters as f32, opts.ridge)?;
     }
-    for ((orow, xrow), &ui) in out.chunks_mut(cols).zip(x.chunks(cols)).zip(u.iter()) {
-        for ((o, &a), &vk) in orow.iter_mut().zip(xrow).zip(v.iter()) {
-            *o = sign1(a) * (ui * vk) as f32;
-        }
-    }
+    let get = |buf: &B::Buf, len: usize| -> Result<Vec<f32>, FactorError> {
+        let mut v = vec![0.0; len];
+        be.download(buf, &mut v)?;
+        Ok(v)
+    };
+    Ok(AdmmResult {
+        az: get(&st.az, m * r)?,
+        in_a: get(&st.in_a, m * r)?,
+        bz: get(&st.bz, r * n)?,
+        in_b: get(&st.in_b, r * n)?,
+    })
 }
 
-/// ADMM state and scratch for one layer; every buffer is allocated once.
-struct Admm {
+/// ADMM state of one layer on a backend; every buffer is allocated once.
+struct Admm<'b, B: Backend> {
+    be: &'b B,
     m: usize,
     n: usize,
     r: usize,
     power_iters: usize,
     /// Preconditioned weight `W̃` (`m × n`).
-    w: Vec<f32>,
-    a: Vec<f32>,
-    az: Vec<f32>,
-    au: Vec<f32>,
-    b: Vec<f32>,
-    bz: Vec<f32>,
-    bu: Vec<f32>,
+    w: B::Buf,
+    a: B::Buf,
+    az: B::Buf,
+    au: B::Buf,
+    b: B::Buf,
+    bz: B::Buf,
+    bu: B::Buf,
     /// Last SVID inputs `A + A_u`, `B + B_u` (the latents).
-    in_a: Vec<f32>,
-    in_b: Vec<f32>,
+    in_a: B::Buf,
+    in_b: B::Buf,
     /// Normalized regressors and right-hand sides.
-    xa: Vec<f32>,
-    xb: Vec<f32>,
-    rhs_a: Vec<f32>,
-    rhs_b: Vec<f32>,
-    gram: Vec<f32>,
-    system: Vec<f64>,
-    inverse: Vec<f32>,
-    u: Vec<f64>,
-    v: Vec<f64>,
-    stack: GlobalPodBuffer,
+    xa: B::Buf,
+    xb: B::Buf,
+    rhs_a: B::Buf,
+    rhs_b: B::Buf,
+    gram: B::Buf,
+    inverse: B::Buf,
 }
 
-impl Admm {
-    /// Random N(0, 1) `A`, `B`; `A_z = SVID(A)`, `A_u = A − A_z` (same for B).
+impl<'b, B: Backend> Admm<'b, B> {
+    /// Random N(0, 1) `A`, `B` (drawn on the host, so every backend starts
+    /// from the same numbers); `A_z = SVID(A)`, `A_u = A − A_z` (same for B).
     fn new(
-        w: Vec<f32>,
+        be: &'b B,
+        wt: &[f32],
         m: usize,
         n: usize,
         r: usize,
@@ -766,182 +770,63 @@ impl Admm {
         };
         let a = normal(m * r);
         let b = normal(r * n);
-        let req = cholesky_in_place_req::<f64>(r, Parallelism::None, Default::default())
-            .and_then(|c| invert_lower_in_place_req::<f64>(r, Parallelism::None).map(|i| c.or(i)))
-            .map_err(|_| FactorError::Numerical("cholesky workspace size overflows"))?;
         let mut st = Self {
+            be,
             m,
             n,
             r,
             power_iters: opts.power_iters,
-            w,
-            az: vec![0.0; m * r],
-            au: vec![0.0; m * r],
-            in_a: a.clone(),
-            xa: vec![0.0; m * r],
-            rhs_a: vec![0.0; m * r],
-            a,
-            bz: vec![0.0; r * n],
-            bu: vec![0.0; r * n],
-            in_b: b.clone(),
-            xb: vec![0.0; r * n],
-            rhs_b: vec![0.0; r * n],
-            b,
-            gram: vec![0.0; r * r],
-            system: vec![0.0; r * r],
-            inverse: vec![0.0; r * r],
-            u: vec![0.0; m.max(r)],
-            v: vec![0.0; n.max(r)],
-            stack: GlobalPodBuffer::new(req),
+            w: be.upload(wt)?,
+            az: be.zeros(m * r)?,
+            au: be.zeros(m * r)?,
+            in_a: be.upload(&a)?,
+            xa: be.zeros(m * r)?,
+            rhs_a: be.zeros(m * r)?,
+            a: be.upload(&a)?,
+            bz: be.zeros(r * n)?,
+            bu: be.zeros(r * n)?,
+            in_b: be.upload(&b)?,
+            xb: be.zeros(r * n)?,
+            rhs_b: be.zeros(r * n)?,
+            b: be.upload(&b)?,
+            gram: be.zeros(r * r)?,
+            inverse: be.zeros(r * r)?,
         };
-        svid(
-            &st.a,
-            m,
-            r,
-            st.power_iters,
-            &mut st.az,
-            &mut st.u,
-            &mut st.v,
-        );
-        svid(
-            &st.b,
-            r,
-            n,
-            st.power_iters,
-            &mut st.bz,
-            &mut st.u,
-            &mut st.v,
-        );
-        sub_into(&mut st.au, &st.a, &st.az);
-        sub_into(&mut st.bu, &st.b, &st.bz);
+        be.svid(&st.a, m, r, st.power_iters, &mut st.az)?;
+        be.svid(&st.b, r, n, st.power_iters, &mut st.bz)?;
+        be.sub(&mut st.au, &st.a, &st.az)?;
+        be.sub(&mut st.bu, &st.b, &st.bz)?;
         Ok(st)
     }
 
     /// One ADMM iteration with penalty `rho` and ridge `ridge`.
     fn iterate(&mut self, rho: f32, ridge: f32) -> Result<(), FactorError> {
         let (m, n, r) = (self.m, self.n, self.r);
+        let be = self.be;
         // A-step: X = B_zᵀ with unit columns (= B_z with unit rows);
         // A = (W̃X + ρ(A_z − A_u)) (XᵀX + (ρ+λ)I)⁻¹.
-        self.xb.copy_from_slice(&self.bz);
-        for row in self.xb.chunks_mut(n) {
-            let norm = row
-                .iter()
-                .map(|&x| f64::from(x) * f64::from(x))
-                .sum::<f64>();
-            if norm > 0.0 {
-                let inv = (1.0 / norm.sqrt()) as f32;
-                row.iter_mut().for_each(|x| *x *= inv);
-            }
-        }
-        matmul_nt(&mut self.gram, &self.xb, &self.xb, r, r, n, false);
-        self.invert_shifted(rho + ridge)?;
-        matmul_nt(&mut self.rhs_a, &self.w, &self.xb, m, r, n, false);
-        add_penalty(&mut self.rhs_a, rho, &self.az, &self.au);
-        matmul_nn(&mut self.a, &self.rhs_a, &self.inverse, m, r, r, false);
+        be.copy(&mut self.xb, &self.bz)?;
+        be.normalize_rows(&mut self.xb, r, n)?;
+        be.matmul(&mut self.gram, &self.xb, &self.xb, Op::Nt, (r, r, n))?;
+        be.invert_shifted(&self.gram, rho + ridge, r, &mut self.inverse)?;
+        be.matmul(&mut self.rhs_a, &self.w, &self.xb, Op::Nt, (m, r, n))?;
+        be.add_penalty(&mut self.rhs_a, rho, &self.az, &self.au)?;
+        be.matmul(&mut self.a, &self.rhs_a, &self.inverse, Op::Nn, (m, r, r))?;
         // B-step: X = A_z with unit columns;
         // B = (XᵀX + (ρ+λ)I)⁻¹ (XᵀW̃ + ρ(B_z − B_u)).
-        let norms = column_norms(&self.az, m, r);
-        for (xrow, arow) in self.xa.chunks_mut(r).zip(self.az.chunks(r)) {
-            for ((x, &a), &c) in xrow.iter_mut().zip(arow).zip(&norms) {
-                *x = a / c;
-            }
-        }
-        matmul_tn(&mut self.gram, &self.xa, &self.xa, r, r, m, false);
-        self.invert_shifted(rho + ridge)?;
-        matmul_tn(&mut self.rhs_b, &self.xa, &self.w, r, n, m, false);
-        add_penalty(&mut self.rhs_b, rho, &self.bz, &self.bu);
-        matmul_nn(&mut self.b, &self.inverse, &self.rhs_b, r, n, r, false);
+        be.divide_by_column_norms(&mut self.xa, &self.az, m, r)?;
+        be.matmul(&mut self.gram, &self.xa, &self.xa, Op::Tn, (r, r, m))?;
+        be.invert_shifted(&self.gram, rho + ridge, r, &mut self.inverse)?;
+        be.matmul(&mut self.rhs_b, &self.xa, &self.w, Op::Tn, (r, n, m))?;
+        be.add_penalty(&mut self.rhs_b, rho, &self.bz, &self.bu)?;
+        be.matmul(&mut self.b, &self.inverse, &self.rhs_b, Op::Nn, (r, n, r))?;
         // Z-step on A + A_u, B + B_u; then the dual update.
-        add_into(&mut self.in_a, &self.a, &self.au);
-        add_into(&mut self.in_b, &self.b, &self.bu);
-        svid(
-            &self.in_a,
-            m,
-            r,
-            self.power_iters,
-            &mut self.az,
-            &mut self.u,
-            &mut self.v,
-        );
-        svid(
-            &self.in_b,
-            r,
-            n,
-            self.power_iters,
-            &mut self.bz,
-            &mut self.u,
-            &mut self.v,
-        );
-        dual_update(&mut self.au, &self.a, &self.az);
-        dual_update(&mut self.bu, &self.b, &self.bz);
+        be.add(&mut self.in_a, &self.a, &self.au)?;
+        be.add(&mut self.in_b, &self.b, &self.bu)?;
+        be.svid(&self.in_a, m, r, self.power_iters, &mut self.az)?;
+        be.svid(&self.in_b, r, n, self.power_iters, &mut self.bz)?;
+        be.dual_update(&mut self.au, &self.a, &self.az)?;
+        be.dual_update(&mut self.bu, &self.b, &self.bz)?;
         Ok(())
-    }
-
-    /// `inverse = (gram + shift·I)⁻¹` via an f64 Cholesky factorization.
-    fn invert_shifted(&mut self, shift: f32) -> Result<(), FactorError> {
-        let r = self.r;
-        // Lower triangle (row-major i ≥ j) = upper triangle column-major;
-        // faer only reads the lower triangle of its column-major view, so
-        // write the symmetric matrix fully.
-        for i in 0..r {
-            for j in 0..=i {
-                let g = f64::from(self.gram[i * r + j]);
-                self.system[i * r + j] = g;
-                self.system[j * r + i] = g;
-            }
-            self.system[i * r + i] += f64::from(shift);
-        }
-        let mut mat = faer::mat::from_column_major_slice_mut::<f64, _, _>(&mut self.system, r, r);
-        let stack = PodStack::new(&mut self.stack);
-        cholesky_in_place(
-            mat.as_mut(),
-            Default::default(),
-            Parallelism::None,
-            stack,
-            Default::default(),
-        )
-        .map_err(|_| FactorError::Numerical("normal equations not positive definite"))?;
-        invert_lower_in_place(mat.as_mut(), Parallelism::None, stack);
-        // The lower triangle (column-major) now holds the inverse.
-        for j in 0..r {
-            for i in j..r {
-                let x = self.system[j * r + i] as f32;
-                if !x.is_finite() {
-                    return Err(FactorError::Numerical("non-finite inverse"));
-                }
-                self.inverse[i * r + j] = x;
-                self.inverse[j * r + i] = x;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn sub_into(out: &mut [f32], a: &[f32], b: &[f32]) {
-    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = x - y;
-    }
-}
-
-fn add_into(out: &mut [f32], a: &[f32], b: &[f32]) {
-    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = x + y;
-    }
-}
-
-/// `rhs += ρ (z − u)`.
-fn add_penalty(rhs: &mut [f32], rho: f32, z: &[f32], u: &[f32]) {
-    if rho == 0.0 {
-        return;
-    }
-    for ((o, &zv), &uv) in rhs.iter_mut().zip(z).zip(u) {
-        *o += rho * (zv - uv);
-    }
-}
-
-/// `u += x − z`.
-fn dual_update(u: &mut [f32], x: &[f32], z: &[f32]) {
-    for ((o, &xv), &zv) in u.iter_mut().zip(x).zip(z) {
-        *o += xv - zv;
     }
 }

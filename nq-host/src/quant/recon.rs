@@ -27,7 +27,9 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::factor::{quantize_linear, rank_for_bpw, AdmmOptions, FactorError, Method};
+use super::factor::{
+    quantize_linear, quantize_linear_on, rank_for_bpw, AdmmOptions, FactorError, Method,
+};
 use super::pipeline::{LayerReport, QuantizeOptions, QuantizedLinears};
 use super::stats::ModelStats;
 use crate::blob_writer::TensorPayload;
@@ -481,7 +483,8 @@ pub fn reconstruct_block(
             ..qopts.admm
         };
         let bias = bias_of(student, id).map(<[f32]>::to_vec);
-        let q = quantize_linear(
+        let q = quantize_linear_on(
+            &qopts.compute,
             &wt,
             bias.as_deref(),
             stats.get(b, id),
@@ -706,7 +709,7 @@ pub fn output_aligned(
     let mut blocks = Vec::new();
     let rc = QuantizeOptions {
         method: Method::ArbRc,
-        ..*qopts
+        ..qopts.clone()
     };
     for (b, fp) in w.layers.iter().enumerate() {
         let start = std::time::Instant::now();

@@ -6,6 +6,7 @@ use super::export::{build_blob, EmbedFormat};
 use super::factor::{AdmmOptions, FactorError, Method};
 use super::pipeline::{quantize_linears, QuantizeOptions};
 use super::token_table::pack;
+use crate::backend::Compute;
 use crate::blob_writer::WriteError;
 use crate::model::synthetic::random_model;
 use crate::model::ModelConfig;
@@ -42,6 +43,7 @@ pub fn synthetic_blob(
             seed,
             ..AdmmOptions::default()
         },
+        compute: Compute::Cpu,
     };
     let q = quantize_linears(&w, None, &opts, |_| {})?;
     let tokens: Vec<Vec<u8>> = (0..config.vocab_size)

@@ -1,0 +1,293 @@
+//! The reference [`Backend`]: host vectors, the `gemm` crate's products
+//! (multi-threaded over rayon, output split only, so deterministic), f64
+//! reductions and a faer f64 Cholesky.
+
+use std::cell::RefCell;
+
+use faer::dyn_stack::{GlobalPodBuffer, PodStack};
+use faer::linalg::cholesky::llt::compute::{cholesky_in_place, cholesky_in_place_req};
+use faer::linalg::cholesky::llt::inverse::{invert_lower_in_place, invert_lower_in_place_req};
+use faer::Parallelism;
+
+use super::{Backend, BackendError, Op};
+use crate::linalg::{matmul_nn, matmul_nt, matmul_tn};
+use crate::quant::factor::sign1;
+
+/// Scratch reused across calls (one backend value per factorization).
+#[derive(Default)]
+struct Scratch {
+    u: Vec<f64>,
+    v: Vec<f64>,
+    system: Vec<f64>,
+    stack: Option<(usize, GlobalPodBuffer)>,
+}
+
+/// The CPU backend. Not `Sync` (it keeps scratch): make one per thread.
+#[derive(Default)]
+pub struct CpuBackend {
+    scratch: RefCell<Scratch>,
+}
+
+fn check(len: usize, rows: usize, cols: usize, what: &'static str) -> Result<(), BackendError> {
+    if rows.checked_mul(cols) == Some(len) {
+        Ok(())
+    } else {
+        Err(BackendError::Device(format!(
+            "{what}: buffer of {len} values is not {rows} × {cols}"
+        )))
+    }
+}
+
+fn same_len(a: usize, b: usize, c: usize) -> Result<(), BackendError> {
+    if a == b && b == c {
+        Ok(())
+    } else {
+        Err(BackendError::Device(
+            "element-wise operands differ in length".into(),
+        ))
+    }
+}
+
+/// Euclidean norm of each column of a row-major `rows × cols` matrix, with
+/// zero norms replaced by 1 (a zero column stays zero).
+pub(crate) fn column_norms(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut acc = vec![0.0f64; cols];
+    for row in x.chunks(cols).take(rows) {
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += f64::from(v) * f64::from(v);
+        }
+    }
+    acc.iter()
+        .map(|&s| if s > 0.0 { s.sqrt() as f32 } else { 1.0 })
+        .collect()
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>, BackendError> {
+        Ok(data.to_vec())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>, BackendError> {
+        Ok(vec![0.0; len])
+    }
+
+    fn download(&self, buf: &Vec<f32>, out: &mut [f32]) -> Result<(), BackendError> {
+        same_len(buf.len(), out.len(), out.len())?;
+        out.copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>) -> Result<(), BackendError> {
+        same_len(dst.len(), src.len(), src.len())?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn matmul(
+        &self,
+        c: &mut Vec<f32>,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        op: Op,
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<(), BackendError> {
+        check(c.len(), m, n, "matmul output")?;
+        check(a.len(), m, k, "matmul lhs")?;
+        check(b.len(), k, n, "matmul rhs")?;
+        match op {
+            Op::Nt => matmul_nt(c, a, b, m, n, k, false),
+            Op::Nn => matmul_nn(c, a, b, m, n, k, false),
+            Op::Tn => matmul_tn(c, a, b, m, n, k, false),
+        }
+        Ok(())
+    }
+
+    fn normalize_rows(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), BackendError> {
+        check(x.len(), rows, cols, "normalize_rows")?;
+        for row in x.chunks_mut(cols.max(1)) {
+            let norm = row
+                .iter()
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum::<f64>();
+            if norm > 0.0 {
+                let inv = (1.0 / norm.sqrt()) as f32;
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+        }
+        Ok(())
+    }
+
+    fn divide_by_column_norms(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), BackendError> {
+        check(src.len(), rows, cols, "divide_by_column_norms")?;
+        check(dst.len(), rows, cols, "divide_by_column_norms")?;
+        let norms = column_norms(src, rows, cols);
+        for (xrow, arow) in dst.chunks_mut(cols.max(1)).zip(src.chunks(cols.max(1))) {
+            for ((x, &a), &c) in xrow.iter_mut().zip(arow).zip(&norms) {
+                *x = a / c;
+            }
+        }
+        Ok(())
+    }
+
+    fn svid(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+        iters: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        check(x.len(), rows, cols, "svid")?;
+        check(out.len(), rows, cols, "svid")?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let mut s = self.scratch.borrow_mut();
+        let Scratch { u, v, .. } = &mut *s;
+        u.resize(rows, 0.0);
+        v.clear();
+        v.resize(cols, 1.0);
+        for _ in 0..iters.max(1) {
+            let vv: f64 = v.iter().map(|a| a * a).sum();
+            for (ui, row) in u.iter_mut().zip(x.chunks(cols)) {
+                let dot: f64 = row
+                    .iter()
+                    .zip(v.iter())
+                    .map(|(&a, &b)| f64::from(a.abs()) * b)
+                    .sum();
+                *ui = if vv > 0.0 { dot / vv } else { 0.0 };
+            }
+            let uu: f64 = u.iter().map(|a| a * a).sum();
+            v.fill(0.0);
+            for (&ui, row) in u.iter().zip(x.chunks(cols)) {
+                for (vk, &a) in v.iter_mut().zip(row) {
+                    *vk += ui * f64::from(a.abs());
+                }
+            }
+            let inv = if uu > 0.0 { 1.0 / uu } else { 0.0 };
+            v.iter_mut().for_each(|a| *a *= inv);
+        }
+        for ((orow, xrow), &ui) in out.chunks_mut(cols).zip(x.chunks(cols)).zip(u.iter()) {
+            for ((o, &a), &vk) in orow.iter_mut().zip(xrow).zip(v.iter()) {
+                *o = sign1(a) * (ui * vk) as f32;
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>) -> Result<(), BackendError> {
+        same_len(out.len(), a.len(), b.len())?;
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = x + y;
+        }
+        Ok(())
+    }
+
+    fn sub(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>) -> Result<(), BackendError> {
+        same_len(out.len(), a.len(), b.len())?;
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = x - y;
+        }
+        Ok(())
+    }
+
+    fn add_penalty(
+        &self,
+        rhs: &mut Vec<f32>,
+        rho: f32,
+        z: &Vec<f32>,
+        u: &Vec<f32>,
+    ) -> Result<(), BackendError> {
+        same_len(rhs.len(), z.len(), u.len())?;
+        if rho == 0.0 {
+            return Ok(());
+        }
+        for ((o, &zv), &uv) in rhs.iter_mut().zip(z).zip(u) {
+            *o += rho * (zv - uv);
+        }
+        Ok(())
+    }
+
+    fn dual_update(
+        &self,
+        u: &mut Vec<f32>,
+        x: &Vec<f32>,
+        z: &Vec<f32>,
+    ) -> Result<(), BackendError> {
+        same_len(u.len(), x.len(), z.len())?;
+        for ((o, &xv), &zv) in u.iter_mut().zip(x).zip(z) {
+            *o += xv - zv;
+        }
+        Ok(())
+    }
+
+    fn invert_shifted(
+        &self,
+        gram: &Vec<f32>,
+        shift: f32,
+        r: usize,
+        inverse: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        check(gram.len(), r, r, "invert_shifted")?;
+        check(inverse.len(), r, r, "invert_shifted")?;
+        let mut s = self.scratch.borrow_mut();
+        let Scratch { system, stack, .. } = &mut *s;
+        if stack.as_ref().is_none_or(|(n, _)| *n != r) {
+            let req = cholesky_in_place_req::<f64>(r, Parallelism::None, Default::default())
+                .and_then(|c| {
+                    invert_lower_in_place_req::<f64>(r, Parallelism::None).map(|i| c.or(i))
+                })
+                .map_err(|_| BackendError::Numerical("cholesky workspace size overflows"))?;
+            *stack = Some((r, GlobalPodBuffer::new(req)));
+        }
+        let (_, buf) = stack.as_mut().expect("set above");
+        system.resize(r * r, 0.0);
+        // Lower triangle (row-major i ≥ j) = upper triangle column-major;
+        // faer only reads the lower triangle of its column-major view, so
+        // write the symmetric matrix fully.
+        for i in 0..r {
+            for j in 0..=i {
+                let g = f64::from(gram[i * r + j]);
+                system[i * r + j] = g;
+                system[j * r + i] = g;
+            }
+            system[i * r + i] += f64::from(shift);
+        }
+        let mut mat = faer::mat::from_column_major_slice_mut::<f64, _, _>(system, r, r);
+        let pod = PodStack::new(buf);
+        cholesky_in_place(
+            mat.as_mut(),
+            Default::default(),
+            Parallelism::None,
+            pod,
+            Default::default(),
+        )
+        .map_err(|_| BackendError::Numerical("normal equations not positive definite"))?;
+        invert_lower_in_place(mat.as_mut(), Parallelism::None, pod);
+        // The lower triangle (column-major) now holds the inverse.
+        for j in 0..r {
+            for i in j..r {
+                let x = system[j * r + i] as f32;
+                if !x.is_finite() {
+                    return Err(BackendError::Numerical("non-finite inverse"));
+                }
+                inverse[i * r + j] = x;
+                inverse[j * r + i] = x;
+            }
+        }
+        Ok(())
+    }
+}

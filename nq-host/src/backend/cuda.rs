@@ -1,0 +1,131 @@
+//! [`Backend`] over nq-cuda: buffers live on the GPU for a whole
+//! factorization; only the start (weights, initial factors) and the end
+//! (factors, latents) cross the bus.
+
+use super::{Backend, BackendError, Op};
+
+/// One CUDA device as a quantizer backend.
+pub struct CudaBackend {
+    gpu: nq_cuda::Gpu,
+}
+
+impl CudaBackend {
+    /// Opens CUDA device `ordinal` with IEEE f32 products (the setting whose
+    /// results match the CPU backend to rounding).
+    pub fn open(ordinal: usize) -> Result<Self, BackendError> {
+        let gpu = nq_cuda::Gpu::new(ordinal, nq_cuda::GemmPrecision::F32).map_err(device)?;
+        Ok(Self { gpu })
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &nq_cuda::Gpu {
+        &self.gpu
+    }
+}
+
+fn device(e: nq_cuda::CudaError) -> BackendError {
+    // The two numerical outcomes of the Cholesky inverse read the same as
+    // the CPU backend's.
+    match e.to_string().as_str() {
+        "normal equations not positive definite" => {
+            BackendError::Numerical("normal equations not positive definite")
+        }
+        "non-finite inverse" => BackendError::Numerical("non-finite inverse"),
+        s => BackendError::Device(s.to_string()),
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf = nq_cuda::Buf;
+
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf, BackendError> {
+        self.gpu.upload(data).map_err(device)
+    }
+    fn zeros(&self, len: usize) -> Result<Self::Buf, BackendError> {
+        self.gpu.zeros(len).map_err(device)
+    }
+    fn download(&self, buf: &Self::Buf, out: &mut [f32]) -> Result<(), BackendError> {
+        self.gpu.download(buf, out).map_err(device)
+    }
+    fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<(), BackendError> {
+        self.gpu.copy(dst, src).map_err(device)
+    }
+    fn matmul(
+        &self,
+        c: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        op: Op,
+        shape: (usize, usize, usize),
+    ) -> Result<(), BackendError> {
+        let op = match op {
+            Op::Nt => nq_cuda::Op::Nt,
+            Op::Nn => nq_cuda::Op::Nn,
+            Op::Tn => nq_cuda::Op::Tn,
+        };
+        self.gpu.matmul(c, a, b, op, shape).map_err(device)
+    }
+    fn normalize_rows(
+        &self,
+        x: &mut Self::Buf,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), BackendError> {
+        self.gpu.normalize_rows(x, rows, cols).map_err(device)
+    }
+    fn divide_by_column_norms(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), BackendError> {
+        self.gpu
+            .divide_by_column_norms(dst, src, rows, cols)
+            .map_err(device)
+    }
+    fn svid(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        cols: usize,
+        iters: usize,
+        out: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        self.gpu.svid(x, rows, cols, iters, out).map_err(device)
+    }
+    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf) -> Result<(), BackendError> {
+        self.gpu.add(out, a, b).map_err(device)
+    }
+    fn sub(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf) -> Result<(), BackendError> {
+        self.gpu.sub(out, a, b).map_err(device)
+    }
+    fn add_penalty(
+        &self,
+        rhs: &mut Self::Buf,
+        rho: f32,
+        z: &Self::Buf,
+        u: &Self::Buf,
+    ) -> Result<(), BackendError> {
+        self.gpu.add_penalty(rhs, rho, z, u).map_err(device)
+    }
+    fn dual_update(
+        &self,
+        u: &mut Self::Buf,
+        x: &Self::Buf,
+        z: &Self::Buf,
+    ) -> Result<(), BackendError> {
+        self.gpu.dual_update(u, x, z).map_err(device)
+    }
+    fn invert_shifted(
+        &self,
+        gram: &Self::Buf,
+        shift: f32,
+        r: usize,
+        inverse: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        self.gpu
+            .invert_shifted(gram, shift, r, inverse)
+            .map_err(device)
+    }
+}

@@ -1,0 +1,197 @@
+//! Compute backends of the quantizer: one algorithm, several devices
+//! (DESIGN.md §1).
+//!
+//! [`Backend`] is the set of operations the ADMM factorization
+//! ([`crate::quant::factor`]) is written in: products, a few fused
+//! element-wise steps, SVID, and the shifted Cholesky inverse. Buffers are
+//! opaque ([`Backend::Buf`]): host vectors on the CPU, device memory on a
+//! GPU, so an iteration never leaves the device. [`CpuBackend`] is the
+//! reference; [`CudaBackend`] runs the same steps through nq-cuda (cuBLAS,
+//! cuSOLVER and the NVRTC kernels of `nq-cuda/kernels/`).
+//!
+//! [`Compute`] is what callers hold: the device a run uses, chosen once by
+//! [`select`] from the `--device` flag.
+
+mod cpu;
+mod cuda;
+
+use std::sync::Arc;
+
+pub(crate) use cpu::column_norms;
+pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
+
+/// Which operand of a product is transposed (row-major; `c` is `m × n` and
+/// `k` the inner dimension).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `c = a · bᵀ`, `a` `m × k`, `b` `n × k`.
+    Nt,
+    /// `c = a · b`, `a` `m × k`, `b` `k × n`.
+    Nn,
+    /// `c = aᵀ · b`, `a` `k × m`, `b` `k × n`.
+    Tn,
+}
+
+/// A backend failure.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The numbers went bad (a system not positive definite, a non-finite
+    /// inverse): an input problem, the same on every backend.
+    #[error("numerical failure: {0}")]
+    Numerical(&'static str),
+    /// The device failed (allocation, launch, a library call).
+    #[error("device: {0}")]
+    Device(String),
+}
+
+/// The operations the quantizer's ADMM runs on. Matrices are row-major
+/// `f32`; every method checks its buffers against the shape it is given.
+pub trait Backend {
+    /// A matrix or vector in the backend's memory.
+    type Buf;
+
+    /// A copy of host data.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf, BackendError>;
+    /// `len` zeros.
+    fn zeros(&self, len: usize) -> Result<Self::Buf, BackendError>;
+    /// Copies `buf` into `out` (same length).
+    fn download(&self, buf: &Self::Buf, out: &mut [f32]) -> Result<(), BackendError>;
+    /// `dst = src`.
+    fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<(), BackendError>;
+    /// `c = op(a, b)`, shape `(m, n, k)`.
+    fn matmul(
+        &self,
+        c: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        op: Op,
+        shape: (usize, usize, usize),
+    ) -> Result<(), BackendError>;
+    /// Each row of `x` (`rows × cols`) scaled to unit norm (zero rows stay).
+    fn normalize_rows(
+        &self,
+        x: &mut Self::Buf,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), BackendError>;
+    /// `dst = src` with each column divided by its norm (zero columns by 1).
+    fn divide_by_column_norms(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), BackendError>;
+    /// `out = SVID(x)` = `sign(x) ⊙ u vᵀ`, `u vᵀ` the rank-1 fit of `|x|` by
+    /// `iters` (≥ 1) alternations from `v = 1`.
+    fn svid(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        cols: usize,
+        iters: usize,
+        out: &mut Self::Buf,
+    ) -> Result<(), BackendError>;
+    /// `out = a + b`.
+    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf) -> Result<(), BackendError>;
+    /// `out = a − b`.
+    fn sub(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf) -> Result<(), BackendError>;
+    /// `rhs += ρ (z − u)`.
+    fn add_penalty(
+        &self,
+        rhs: &mut Self::Buf,
+        rho: f32,
+        z: &Self::Buf,
+        u: &Self::Buf,
+    ) -> Result<(), BackendError>;
+    /// `u += x − z`.
+    fn dual_update(
+        &self,
+        u: &mut Self::Buf,
+        x: &Self::Buf,
+        z: &Self::Buf,
+    ) -> Result<(), BackendError>;
+    /// `inverse = (gram + shift·I)⁻¹` (`r × r`, symmetric; f64 Cholesky).
+    fn invert_shifted(
+        &self,
+        gram: &Self::Buf,
+        shift: f32,
+        r: usize,
+        inverse: &mut Self::Buf,
+    ) -> Result<(), BackendError>;
+}
+
+/// The device a run computes on.
+#[derive(Clone, Default)]
+pub enum Compute {
+    /// All CPU cores (rayon).
+    #[default]
+    Cpu,
+    /// One CUDA device.
+    Cuda(Arc<CudaBackend>),
+}
+
+impl Compute {
+    /// One line for logs and reports: `cpu` or `cuda:0 NVIDIA H100 …`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Cpu => "cpu".into(),
+            Self::Cuda(g) => {
+                let d = g.gpu().info();
+                format!("cuda:{} {}", d.ordinal, d.name)
+            }
+        }
+    }
+
+    /// Whether this is a GPU (layers then run one at a time on its stream).
+    pub fn is_gpu(&self) -> bool {
+        matches!(self, Self::Cuda(_))
+    }
+}
+
+impl std::fmt::Debug for Compute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// The `--device` choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// The GPU when one is usable, otherwise the CPU (with a notice).
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device 0; an error when there is none.
+    Cuda,
+}
+
+/// Opens the device `choice` asks for. `auto` falls back to the CPU and
+/// returns a one-line notice saying why; `cuda` without a usable GPU is an
+/// error. Never panics.
+pub fn select(choice: DeviceChoice) -> Result<(Compute, Option<String>), BackendError> {
+    match choice {
+        DeviceChoice::Cpu => Ok((Compute::Cpu, None)),
+        DeviceChoice::Cuda => match nq_cuda::probe() {
+            nq_cuda::Probe::Ready(_) => Ok((Compute::Cuda(Arc::new(CudaBackend::open(0)?)), None)),
+            p => Err(BackendError::Device(format!(
+                "no usable CUDA GPU ({}); use --device cpu",
+                p.describe()
+            ))),
+        },
+        DeviceChoice::Auto => match nq_cuda::probe() {
+            nq_cuda::Probe::Ready(_) => match CudaBackend::open(0) {
+                Ok(g) => Ok((Compute::Cuda(Arc::new(g)), None)),
+                Err(e) => Ok((
+                    Compute::Cpu,
+                    Some(format!("GPU found but not usable ({e}); using the CPU")),
+                )),
+            },
+            p => Ok((
+                Compute::Cpu,
+                Some(format!("{}; using the CPU", p.describe())),
+            )),
+        },
+    }
+}

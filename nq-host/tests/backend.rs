@@ -1,0 +1,338 @@
+//! The quantizer's compute backends against independent f64 oracles, op by
+//! op, and against each other.
+//!
+//! The CPU backend always runs. The CUDA backend runs when a GPU is usable
+//! (`nq_cuda::probe()`), and otherwise each GPU test prints a visible SKIP
+//! line: CI machines have no GPU; the CUDA sources are still compiled there
+//! to PTX and SASS (nq-cuda/tests/compile.rs).
+
+use nq_host::backend::{Backend, BackendError, Compute, CpuBackend, CudaBackend, Op};
+use nq_host::model::Matrix;
+use nq_host::quant::factor::{quantize_linear_on, AdmmOptions, LayerEnergies, Method};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+fn get<B: Backend>(be: &B, buf: &B::Buf, len: usize) -> Vec<f32> {
+    let mut v = vec![0.0; len];
+    be.download(buf, &mut v).unwrap();
+    v
+}
+
+fn close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (f64::from(g) - w).abs() <= tol * scale,
+            "{what}[{i}]: {g} vs {w} (scale {scale})"
+        );
+    }
+}
+
+/// `c = op(a, b)` in f64, row-major.
+fn oracle_matmul(a: &[f32], b: &[f32], op: Op, (m, n, k): (usize, usize, usize)) -> Vec<f64> {
+    let at = |i: usize, p: usize| match op {
+        Op::Tn => a[p * m + i],
+        _ => a[i * k + p],
+    };
+    let bt = |p: usize, j: usize| match op {
+        Op::Nt => b[j * k + p],
+        _ => b[p * n + j],
+    };
+    let mut c = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k)
+                .map(|p| f64::from(at(i, p)) * f64::from(bt(p, j)))
+                .sum();
+        }
+    }
+    c
+}
+
+/// SVID by its definition: alternating least squares for `|x| ≈ u vᵀ`
+/// from `v = 1`, then `sign(x) u vᵀ`.
+fn oracle_svid(x: &[f32], rows: usize, cols: usize, iters: usize) -> Vec<f64> {
+    let ax: Vec<f64> = x.iter().map(|v| f64::from(v.abs())).collect();
+    let mut v = vec![1.0f64; cols];
+    let mut u = vec![0.0f64; rows];
+    for _ in 0..iters.max(1) {
+        let vv: f64 = v.iter().map(|a| a * a).sum();
+        for i in 0..rows {
+            let d: f64 = (0..cols).map(|j| ax[i * cols + j] * v[j]).sum();
+            u[i] = if vv > 0.0 { d / vv } else { 0.0 };
+        }
+        let uu: f64 = u.iter().map(|a| a * a).sum();
+        for j in 0..cols {
+            let d: f64 = (0..rows).map(|i| ax[i * cols + j] * u[i]).sum();
+            v[j] = if uu > 0.0 { d / uu } else { 0.0 };
+        }
+    }
+    (0..rows * cols)
+        .map(|e| {
+            let s = if x[e] < 0.0 { -1.0 } else { 1.0 };
+            s * u[e / cols] * v[e % cols]
+        })
+        .collect()
+}
+
+/// Every operation of `be` against the oracles.
+fn conformance<B: Backend>(be: &B) {
+    // Products on odd shapes, all three layouts.
+    for (s, &(m, n, k)) in [(3, 5, 7), (17, 1, 4), (1, 9, 33), (40, 24, 65)]
+        .iter()
+        .enumerate()
+    {
+        for op in [Op::Nt, Op::Nn, Op::Tn] {
+            let a = random(m * k, s as u64);
+            let b = random(k * n, 100 + s as u64);
+            let (da, db) = (be.upload(&a).unwrap(), be.upload(&b).unwrap());
+            let mut dc = be.zeros(m * n).unwrap();
+            be.matmul(&mut dc, &da, &db, op, (m, n, k)).unwrap();
+            close(
+                &get(be, &dc, m * n),
+                &oracle_matmul(&a, &b, op, (m, n, k)),
+                1e-5,
+                "matmul",
+            );
+        }
+    }
+    // A wrong shape is an error, not a panic.
+    let (a, b) = (be.upload(&[1.0; 6]).unwrap(), be.upload(&[1.0; 6]).unwrap());
+    let mut c = be.zeros(4).unwrap();
+    assert!(be.matmul(&mut c, &a, &b, Op::Nn, (2, 2, 2)).is_err());
+
+    // Row normalization; a zero row stays zero.
+    let (rows, cols) = (5, 19);
+    let mut x = random(rows * cols, 7);
+    x[2 * cols..3 * cols].fill(0.0);
+    let mut dx = be.upload(&x).unwrap();
+    be.normalize_rows(&mut dx, rows, cols).unwrap();
+    let want: Vec<f64> = x
+        .chunks(cols)
+        .flat_map(|r| {
+            let n = r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+            r.iter()
+                .map(move |&v| if n > 0.0 { f64::from(v) / n } else { 0.0 })
+        })
+        .collect();
+    close(&get(be, &dx, rows * cols), &want, 1e-6, "normalize_rows");
+
+    // Column normalization; a zero column stays zero.
+    let mut x = random(rows * cols, 8);
+    for r in 0..rows {
+        x[r * cols + 4] = 0.0;
+    }
+    let norms: Vec<f64> = (0..cols)
+        .map(|j| {
+            (0..rows)
+                .map(|i| f64::from(x[i * cols + j]).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect();
+    let want: Vec<f64> = (0..rows * cols)
+        .map(|e| {
+            let n = norms[e % cols];
+            if n > 0.0 {
+                f64::from(x[e]) / n
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let src = be.upload(&x).unwrap();
+    let mut dst = be.zeros(rows * cols).unwrap();
+    be.divide_by_column_norms(&mut dst, &src, rows, cols)
+        .unwrap();
+    close(
+        &get(be, &dst, rows * cols),
+        &want,
+        1e-6,
+        "divide_by_column_norms",
+    );
+
+    // SVID: values, and exactly the signs of the input.
+    for (rows, cols, iters) in [(1, 1, 1), (7, 3, 4), (33, 65, 2)] {
+        let x = random(rows * cols, (rows * cols) as u64);
+        let dx = be.upload(&x).unwrap();
+        let mut out = be.zeros(rows * cols).unwrap();
+        be.svid(&dx, rows, cols, iters, &mut out).unwrap();
+        let got = get(be, &out, rows * cols);
+        close(&got, &oracle_svid(&x, rows, cols, iters), 1e-5, "svid");
+        for (g, v) in got.iter().zip(&x) {
+            assert_eq!(*g < 0.0, *v < 0.0, "svid sign");
+        }
+    }
+
+    // Element-wise steps.
+    let n = 1000;
+    let (a, b, c) = (random(n, 1), random(n, 2), random(n, 3));
+    let (da, db) = (be.upload(&a).unwrap(), be.upload(&b).unwrap());
+    let mut out = be.zeros(n).unwrap();
+    be.add(&mut out, &da, &db).unwrap();
+    let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| f64::from(x + y)).collect();
+    close(&get(be, &out, n), &want, 1e-7, "add");
+    be.sub(&mut out, &da, &db).unwrap();
+    let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| f64::from(x - y)).collect();
+    close(&get(be, &out, n), &want, 1e-7, "sub");
+    let mut rhs = be.upload(&c).unwrap();
+    be.add_penalty(&mut rhs, 0.25, &da, &db).unwrap();
+    let want: Vec<f64> = (0..n)
+        .map(|i| f64::from(c[i]) + 0.25 * f64::from(a[i] - b[i]))
+        .collect();
+    close(&get(be, &rhs, n), &want, 1e-6, "add_penalty");
+    let mut u = be.upload(&c).unwrap();
+    be.dual_update(&mut u, &da, &db).unwrap();
+    let want: Vec<f64> = (0..n)
+        .map(|i| f64::from(c[i]) + f64::from(a[i] - b[i]))
+        .collect();
+    close(&get(be, &u, n), &want, 1e-6, "dual_update");
+    let short = be.zeros(n - 1).unwrap();
+    assert!(be.add(&mut out, &da, &short).is_err());
+
+    // Shifted inverse: (G + sI) · inv = I for a Gram matrix G = X Xᵀ.
+    for r in [1, 6, 37] {
+        let x = random(r * 50, r as u64);
+        let dx = be.upload(&x).unwrap();
+        let mut g = be.zeros(r * r).unwrap();
+        be.matmul(&mut g, &dx, &dx, Op::Nt, (r, r, 50)).unwrap();
+        let mut inv = be.zeros(r * r).unwrap();
+        be.invert_shifted(&g, 0.5, r, &mut inv).unwrap();
+        let (g, inv) = (get(be, &g, r * r), get(be, &inv, r * r));
+        for i in 0..r {
+            for j in 0..r {
+                let s: f64 = (0..r)
+                    .map(|p| {
+                        let gip = f64::from(g[i * r + p]) + if i == p { 0.5 } else { 0.0 };
+                        gip * f64::from(inv[p * r + j])
+                    })
+                    .sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((s - want).abs() < 1e-3, "inverse r={r} ({i},{j}): {s}");
+            }
+        }
+    }
+    // Not positive definite: a numerical error, the same on every backend.
+    let neg = be.upload(&[-1.0, 0.0, 0.0, -1.0]).unwrap();
+    let mut inv = be.zeros(4).unwrap();
+    assert_eq!(
+        be.invert_shifted(&neg, 0.0, 2, &mut inv),
+        Err(BackendError::Numerical(
+            "normal equations not positive definite"
+        ))
+    );
+}
+
+fn gpu() -> Option<CudaBackend> {
+    let probe = nq_cuda::probe();
+    if probe.devices().is_empty() {
+        eprintln!("SKIP: no CUDA GPU ({})", probe.describe());
+        return None;
+    }
+    Some(CudaBackend::open(0).expect("a GPU the probe reports must open"))
+}
+
+#[test]
+fn cpu_backend_matches_the_oracles() {
+    conformance(&CpuBackend::default());
+}
+
+#[test]
+fn cuda_backend_matches_the_oracles() {
+    if let Some(g) = gpu() {
+        conformance(&g);
+    }
+}
+
+/// A layer with a little structure (low rank plus noise) and uneven energies.
+fn layer(m: usize, n: usize, seed: u64) -> (Matrix, LayerEnergies) {
+    let u = random(m * 4, seed);
+    let v = random(4 * n, seed + 1);
+    let noise = random(m * n, seed + 2);
+    let data = (0..m * n)
+        .map(|e| {
+            let (i, j) = (e / n, e % n);
+            (0..4).map(|p| u[i * 4 + p] * v[p * n + j]).sum::<f32>() + 0.1 * noise[e]
+        })
+        .collect();
+    let e = LayerEnergies {
+        input: random(n, seed + 3).iter().map(|x| 0.1 + x.abs()).collect(),
+        output: random(m, seed + 4).iter().map(|x| 0.1 + x.abs()).collect(),
+    };
+    (
+        Matrix {
+            rows: m,
+            cols: n,
+            data,
+        },
+        e,
+    )
+}
+
+/// ADMM on the GPU gives the CPU's result: the same signs wherever the
+/// latent is not within rounding of zero, and nearly the same error.
+///
+/// Tolerance: both backends compute in f32 with f64 reductions; different
+/// summation orders give ~1e-6 relative differences per step, which can
+/// flip a sign only where a latent is that close to zero. Few iterations
+/// keep such flips from compounding.
+#[test]
+fn cuda_admm_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let gpu = Compute::Cuda(Arc::new(g));
+    let (w, e) = layer(96, 80, 5);
+    let opts = AdmmOptions {
+        iters: 8,
+        seed: 3,
+        ..AdmmOptions::default()
+    };
+    let cpu =
+        quantize_linear_on(&Compute::Cpu, &w, None, &e, Method::NanoQuant, 16, &opts).unwrap();
+    let cuda = quantize_linear_on(&gpu, &w, None, &e, Method::NanoQuant, 16, &opts).unwrap();
+    let (ca, cb) = cpu.latents.as_ref().unwrap();
+    let (ga, gb) = cuda.latents.as_ref().unwrap();
+    for (c, g) in [(ca, ga), (cb, gb)] {
+        let rms = (c.data.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / c.data.len() as f64)
+            .sqrt();
+        for (x, y) in c.data.iter().zip(&g.data) {
+            if f64::from(x.abs()) > 1e-4 * rms {
+                assert_eq!(x < &0.0, y < &0.0, "sign differs at latent {x} vs {y}");
+            }
+            assert!((f64::from(x - y)).abs() <= 1e-3 * rms, "latent {x} vs {y}");
+        }
+    }
+    let rel = (cpu.weighted_rel_error - cuda.weighted_rel_error).abs() / cpu.weighted_rel_error;
+    assert!(
+        rel < 1e-3,
+        "{} vs {}",
+        cpu.weighted_rel_error,
+        cuda.weighted_rel_error
+    );
+}
+
+/// `--device` selection never panics: `auto` always yields a device, `cpu`
+/// the CPU, `cuda` a GPU exactly when the probe finds one.
+#[test]
+fn device_selection() {
+    use nq_host::backend::{select, DeviceChoice};
+    let has_gpu = !nq_cuda::probe().devices().is_empty();
+    let (c, note) = select(DeviceChoice::Cpu).unwrap();
+    assert!(!c.is_gpu() && note.is_none());
+    let (c, note) = select(DeviceChoice::Auto).unwrap();
+    assert_eq!(c.is_gpu(), has_gpu);
+    assert_eq!(note.is_some(), !has_gpu);
+    match select(DeviceChoice::Cuda) {
+        Ok((c, _)) => assert!(has_gpu && c.is_gpu()),
+        Err(e) => {
+            assert!(!has_gpu);
+            assert!(e.to_string().contains("--device cpu"), "{e}");
+        }
+    }
+}
