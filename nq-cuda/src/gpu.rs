@@ -86,12 +86,21 @@ fn err(what: &str, e: impl std::fmt::Debug) -> CudaError {
     CudaError::new(format!("{what}: {e:?}"))
 }
 
-/// Library names of cuBLAS and cuSOLVER (CUDA 12).
+/// Library names of cuBLAS and cuSOLVER (CUDA 12 and 13).
 fn math_libraries_present() -> Result<(), CudaError> {
     for (what, names) in [
-        ("cuBLAS", &["libcublas.so.12", "libcublas.so"][..]),
-        ("cuBLASLt", &["libcublasLt.so.12", "libcublasLt.so"][..]),
-        ("cuSOLVER", &["libcusolver.so.11", "libcusolver.so"][..]),
+        (
+            "cuBLAS",
+            &["libcublas.so", "libcublas.so.12", "libcublas.so.13"][..],
+        ),
+        (
+            "cuBLASLt",
+            &["libcublasLt.so", "libcublasLt.so.12", "libcublasLt.so.13"][..],
+        ),
+        (
+            "cuSOLVER",
+            &["libcusolver.so", "libcusolver.so.11", "libcusolver.so.12"][..],
+        ),
     ] {
         // SAFETY: as in `driver_library_present`: load and drop.
         let found = names

@@ -14,7 +14,7 @@ fn library_names() -> &'static [&'static str] {
     if cfg!(windows) {
         &["nvrtc64_120_0.dll", "nvrtc64_12.dll"]
     } else {
-        &["libnvrtc.so.12", "libnvrtc.so"]
+        &["libnvrtc.so.12", "libnvrtc.so", "libnvrtc.so.13"]
     }
 }
 

@@ -112,3 +112,81 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// One ADMM measurement: a layer shape on one device.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdmmTiming {
+    /// Output features.
+    pub m: usize,
+    /// Input features.
+    pub n: usize,
+    /// Rank at the requested bits per weight.
+    pub rank: usize,
+    /// `cpu` or `cuda:N name`.
+    pub device: String,
+    /// ADMM iterations run.
+    pub iters: usize,
+    /// Wall time of the whole factorization (upload, iterations, download,
+    /// export), seconds.
+    pub seconds: f64,
+    /// Product flops per second of the iterations, `4mnr + 4r²(m+n)` per
+    /// iteration over `seconds`.
+    pub gflops: f64,
+    /// Weighted relative error of the result (uniform energies).
+    pub rel_error: f64,
+}
+
+/// A deterministic layer with structure: rank-8 signal plus noise.
+fn bench_layer(m: usize, n: usize) -> crate::model::Matrix {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64((m * 31 + n) as u64);
+    let k = 8;
+    let u: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let v: Vec<f32> = (0..k * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let mut data = vec![0.0f32; m * n];
+    crate::linalg::matmul_nn(&mut data, &u, &v, m, n, k, false);
+    for x in &mut data {
+        *x = *x * 0.05 + rng.gen_range(-0.02..0.02);
+    }
+    crate::model::Matrix {
+        rows: m,
+        cols: n,
+        data,
+    }
+}
+
+/// Times NanoQuant's ADMM factorization of an `m × n` layer at `bpw` on
+/// `compute` (`nq-host bench admm`).
+pub fn admm(
+    m: usize,
+    n: usize,
+    bpw: f64,
+    iters: usize,
+    compute: &crate::backend::Compute,
+) -> Result<AdmmTiming, crate::quant::factor::FactorError> {
+    use crate::quant::factor::{
+        quantize_linear_on, rank_for_bpw, AdmmOptions, LayerEnergies, Method,
+    };
+    let w = bench_layer(m, n);
+    let rank = rank_for_bpw(m, n, bpw, 32)?;
+    let e = LayerEnergies::uniform(m, n);
+    let opts = AdmmOptions {
+        iters,
+        ..AdmmOptions::default()
+    };
+    let start = Instant::now();
+    let q = quantize_linear_on(compute, &w, None, &e, Method::NanoQuant, rank, &opts)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let (mf, nf, rf) = (m as f64, n as f64, rank as f64);
+    let flops = iters as f64 * (4.0 * mf * nf * rf + 4.0 * rf * rf * (mf + nf));
+    Ok(AdmmTiming {
+        m,
+        n,
+        rank,
+        device: compute.describe(),
+        iters,
+        seconds,
+        gflops: flops / seconds / 1e9,
+        rel_error: q.weighted_rel_error,
+    })
+}

@@ -51,7 +51,8 @@ enum Command {
     Quantize(Box<cli::quantize::QuantizeArgs>),
     /// Generate a continuation of a prompt (host, f32; blobs dequantized).
     Run(cli::generate::RunArgs),
-    /// Benchmarks (not tests): throughput of the FP32 reference model.
+    /// Benchmarks (not tests): the FP32 reference model, the ADMM
+    /// factorization per device.
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -76,6 +77,33 @@ enum BenchCommand {
         #[arg(long)]
         no_backward: bool,
         /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// NanoQuant's ADMM factorization of layer shapes, timed per device
+    /// (with a GPU: the GPU and the CPU side by side, and their errors).
+    Admm {
+        /// Layer shapes `MxN` (out × in), comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "576x576,1536x576,4096x4096"
+        )]
+        shapes: Vec<String>,
+        /// Bits per weight (sets the rank).
+        #[arg(long, default_value_t = 1.0)]
+        bpw: f64,
+        /// ADMM iterations per factorization.
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// Device: auto (GPU and CPU when a GPU is usable, else CPU), cpu
+        /// or cuda (GPU only).
+        #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
+        device: nq_host::backend::DeviceChoice,
+        /// Worker threads of the CPU runs (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
         /// Print the result as JSON.
@@ -156,6 +184,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(args) => convert(args),
         Command::Quantize(args) => cli::quantize::run(*args),
         Command::Run(args) => cli::generate::run(args),
+        Command::Bench(BenchCommand::Admm {
+            shapes,
+            bpw,
+            iters,
+            device,
+            threads,
+            json,
+        }) => {
+            cli::set_threads(threads)?;
+            bench_admm(&shapes, bpw, iters, device, json)
+        }
         Command::Bench(BenchCommand::Fp32 {
             model,
             text,
@@ -222,6 +261,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn bench_admm(
+    shapes: &[String],
+    bpw: f64,
+    iters: usize,
+    device: nq_host::backend::DeviceChoice,
+    json: bool,
+) -> anyhow::Result<()> {
+    use nq_host::backend::{select, Compute, DeviceChoice};
+    if iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let parse = |s: &str| -> anyhow::Result<(usize, usize)> {
+        let (m, n) = s
+            .split_once(['x', 'X'])
+            .ok_or_else(|| anyhow::anyhow!("--shapes: {s:?} is not MxN"))?;
+        let (m, n): (usize, usize) = (
+            m.trim()
+                .parse()
+                .with_context(|| format!("--shapes: {s:?}"))?,
+            n.trim()
+                .parse()
+                .with_context(|| format!("--shapes: {s:?}"))?,
+        );
+        if m == 0 || n == 0 {
+            bail!("--shapes: {s:?} has a zero dimension");
+        }
+        Ok((m, n))
+    };
+    let shapes = shapes
+        .iter()
+        .map(|s| parse(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (compute, notice) = select(device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    if let Some(n) = notice {
+        eprintln!("note: {n}");
+    }
+    // A GPU run is compared with the CPU unless only the GPU was asked for.
+    let mut devices = vec![compute.clone()];
+    if compute.is_gpu() && device == DeviceChoice::Auto {
+        devices.push(Compute::Cpu);
+    }
+    let mut rows = Vec::new();
+    for &(m, n) in &shapes {
+        for c in &devices {
+            let t = nq_host::bench::admm(m, n, bpw, iters, c)?;
+            if !json {
+                println!(
+                    "{:>6}x{:<6} rank {:>5}  {:<28} {:>3} iters {:>9.3} s {:>9.1} GFLOP/s  error {:.5}",
+                    t.m, t.n, t.rank, t.device, t.iters, t.seconds, t.gflops, t.rel_error
+                );
+            }
+            rows.push(t);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {

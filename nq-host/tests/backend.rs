@@ -233,6 +233,12 @@ fn conformance<B: Backend>(be: &B) {
 fn gpu() -> Option<CudaBackend> {
     let probe = nq_cuda::probe();
     if probe.devices().is_empty() {
+        // scripts/gpu-check.sh sets this: there a skip would hide a failure.
+        assert!(
+            std::env::var_os("NQ_REQUIRE_GPU").is_none_or(|v| v != "1"),
+            "NQ_REQUIRE_GPU=1 but no GPU: {}",
+            probe.describe()
+        );
         eprintln!("SKIP: no CUDA GPU ({})", probe.describe());
         return None;
     }
@@ -335,4 +341,77 @@ fn device_selection() {
             assert!(e.to_string().contains("--device cpu"), "{e}");
         }
     }
+}
+
+mod common;
+
+/// End to end on the real model: `nq-host quantize --device cuda` and
+/// `--device cpu` (ADMM-only, small calibration) give per-layer weighted
+/// errors within 1 % of each other, and the report names the GPU.
+#[test]
+fn cuda_quantizes_smollm2_like_the_cpu() {
+    if gpu().is_none() {
+        return;
+    }
+    let (Some(model), Some(calib)) = (
+        common::asset("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        common::asset("brown.txt"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = |device: &str| -> serde_json::Value {
+        let out = dir.path().join(format!("{device}.nqb"));
+        let report = dir.path().join(format!("{device}.json"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_nq-host"))
+            .args([
+                "quantize",
+                "--quiet",
+                "--recipe",
+                "admm-only",
+                "--bpw",
+                "1.0",
+            ])
+            .args([
+                "--calib-windows",
+                "4",
+                "--calib-len",
+                "128",
+                "--admm-iters",
+                "40",
+            ])
+            .args(["--device", device, "--model"])
+            .arg(&model)
+            .arg("--calib")
+            .arg(&calib)
+            .arg("--out")
+            .arg(&out)
+            .arg("--report")
+            .arg(&report)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap()
+    };
+    let cpu = run("cpu");
+    let cuda = run("cuda");
+    assert!(cuda["device"].as_str().unwrap().starts_with("cuda:"));
+    let errs = |r: &serde_json::Value| -> Vec<f64> {
+        r["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["weighted_rel_error"].as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (errs(&cpu), errs(&cuda));
+    assert_eq!(a.len(), 210);
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= 0.01 * x, "layer {i}: cpu {x} vs cuda {y}");
+    }
+    eprintln!(
+        "SmolLM2 ADMM: cpu {:.1} s, cuda {:.1} s",
+        cpu["quantize_seconds"].as_f64().unwrap(),
+        cuda["quantize_seconds"].as_f64().unwrap()
+    );
 }

@@ -41,7 +41,7 @@ pub enum BackendError {
     #[error("numerical failure: {0}")]
     Numerical(&'static str),
     /// The device failed (allocation, launch, a library call).
-    #[error("device: {0}")]
+    #[error("{0}")]
     Device(String),
 }
 

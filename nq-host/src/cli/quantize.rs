@@ -189,6 +189,8 @@ struct Report<'a> {
     seed: u64,
     embed: EmbedFormat,
     threads: usize,
+    /// Where ADMM ran (`cpu` or `cuda:N name`).
+    device: String,
     calib_loss: f64,
     stats_cached: bool,
     stats_seconds: f64,
@@ -517,6 +519,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         seed: a.seed,
         embed: a.embed,
         threads: rayon::current_num_threads(),
+        device: opts.compute.describe(),
         calib_loss: stats.mean_loss,
         stats_cached: from_cache,
         stats_seconds,
