@@ -267,6 +267,97 @@ impl Gpu {
         unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| err("cublasSgemm", e))
     }
 
+    /// `c = a · b` (`+= ` with `accumulate`) on host memory through cuBLAS:
+    /// uploads the operands, multiplies, downloads `c` (waits). Operands
+    /// are strided like `nq_host::linalg`'s: element `(i, p)` of `a`
+    /// (`m × k`) at `i·a_strides.0 + p·a_strides.1`, of `b` (`k × n`) at
+    /// `p·b_strides.0 + j·b_strides.1`; `c` is row-major with row stride
+    /// `ldc ≥ n`, and only its `m × n` block is written. Returns `Ok(false)`,
+    /// touching nothing, when an operand is neither row- nor column-major
+    /// (a unit stride on one side) or too large for cuBLAS's `int`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_host(
+        &self,
+        c: &mut [f32],
+        ldc: usize,
+        a: &[f32],
+        a_strides: (usize, usize),
+        b: &[f32],
+        b_strides: (usize, usize),
+        (m, n, k): (usize, usize, usize),
+        accumulate: bool,
+    ) -> Result<bool, CudaError> {
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
+        if m == 0 || n == 0 || k == 0 || ldc < n {
+            return Ok(false);
+        }
+        // cuBLAS computes cᵀ (n × m, column-major, ld = ldc) = bᵀ · aᵀ.
+        // bᵀ(j, p) = b(p, j) sits at p·rs + j·cs: column-major n × k with
+        // ld = rs when cs = 1 (op N), or column-major k × n with ld = cs
+        // read transposed when rs = 1 (op T). Likewise aᵀ (k × m).
+        let pick = |(rs, cs): (usize, usize), rows: usize, cols: usize| {
+            if cs == 1 && rs >= rows.max(1) {
+                Some((N, rs))
+            } else if rs == 1 && cs >= cols.max(1) {
+                Some((T, cs))
+            } else {
+                None
+            }
+        };
+        let (Some((op_b, ld_b)), Some((op_a, ld_a))) =
+            (pick(b_strides, n, k), pick(a_strides, k, m))
+        else {
+            return Ok(false);
+        };
+        let reach = |(rs, cs): (usize, usize), rows: usize, cols: usize| {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        };
+        let (len_a, len_b, len_c) = (
+            reach(a_strides, m, k),
+            reach(b_strides, k, n),
+            (m - 1) * ldc + n,
+        );
+        if a.len() < len_a || b.len() < len_b || c.len() < len_c {
+            return Err(CudaError::new("gemm_host: operand shorter than its shape"));
+        }
+        let int = |x: usize| i32::try_from(x).ok();
+        let (Some(mi), Some(ni), Some(ki), Some(lda), Some(ldb), Some(ldci)) =
+            (int(m), int(n), int(k), int(ld_a), int(ld_b), int(ldc))
+        else {
+            return Ok(false);
+        };
+        if [len_a, len_b, len_c].iter().any(|&l| int(l).is_none()) {
+            return Ok(false);
+        }
+        let da = self.upload(&a[..len_a])?;
+        let db = self.upload(&b[..len_b])?;
+        // Without accumulation the gaps of a strided c must survive the
+        // round trip, so c goes up whenever it has gaps.
+        let mut dc = if accumulate || ldc != n {
+            self.upload(&c[..len_c])?
+        } else {
+            self.zeros(len_c)?
+        };
+        let cfg = GemmConfig {
+            transa: op_b,
+            transb: op_a,
+            m: ni,
+            n: mi,
+            k: ki,
+            alpha: 1.0f32,
+            lda: ldb,
+            ldb: lda,
+            beta: if accumulate { 1.0 } else { 0.0 },
+            ldc: ldci,
+        };
+        // SAFETY: `pick` and the reach lengths above guarantee every element
+        // cuBLAS reads (bᵀ, aᵀ with these ops and leading dimensions) and
+        // writes (n × m with ld = ldc) lies inside the uploaded buffers.
+        unsafe { self.blas.gemm(cfg, &db, &da, &mut dc) }.map_err(|e| err("cublasSgemm", e))?;
+        self.download(&dc, &mut c[..len_c])?;
+        Ok(true)
+    }
+
     fn function(&self, name: &'static str) -> Result<&CudaFunction, CudaError> {
         self.functions
             .get(name)

@@ -6,7 +6,49 @@
 //! attention × values, gradient × weight) and `tn` (a weight gradient,
 //! gradientᵀ × activations).
 
+use std::sync::{Arc, RwLock};
+
 use gemm::{gemm, Parallelism};
+
+/// A device that takes over large products: with `--device cuda` the
+/// statistics pass, reconstruction and KD send their big GEMMs here (see
+/// [`set_offload`]); everything else stays on the CPU.
+pub trait GemmOffload: Send + Sync {
+    /// `c = a · b` (`+=` with `accumulate`) for strided operands: element
+    /// `(i, p)` of `a` (`m × k`) at `i·a_strides.0 + p·a_strides.1`, `(p, j)`
+    /// of `b` (`k × n`) at `p·b_strides.0 + j·b_strides.1`, `c` row-major
+    /// with row stride `ldc`. Returns `false`, leaving `c` as it was, to
+    /// hand the product back to the CPU.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        c: &mut [f32],
+        ldc: usize,
+        a: &[f32],
+        a_strides: (usize, usize),
+        b: &[f32],
+        b_strides: (usize, usize),
+        shape: (usize, usize, usize),
+        accumulate: bool,
+    ) -> bool;
+}
+
+/// Products with at least this many multiply-adds go to the offload device;
+/// smaller ones cost more in transfers than they save.
+pub const OFFLOAD_MIN_MACS: usize = 1 << 26;
+
+static OFFLOAD: RwLock<Option<Arc<dyn GemmOffload>>> = RwLock::new(None);
+
+/// Sends every product of at least [`OFFLOAD_MIN_MACS`] multiply-adds to
+/// `device` from now on (process-wide), or none with `None`.
+pub fn set_offload(device: Option<Arc<dyn GemmOffload>>) {
+    let mut slot = OFFLOAD.write().unwrap_or_else(|p| p.into_inner());
+    *slot = device;
+}
+
+fn offload() -> Option<Arc<dyn GemmOffload>> {
+    OFFLOAD.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
 
 /// How many threads a product may use.
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
@@ -66,6 +108,14 @@ fn product(
             }
         }
         return;
+    }
+    if m * n * k >= OFFLOAD_MIN_MACS {
+        if let Some(dev) = offload() {
+            let st = |s: Strides| (s.rs as usize, s.cs as usize);
+            if dev.gemm(c, ldc, a, st(sa), b, st(sb), (m, n, k), accumulate) {
+                return;
+            }
+        }
     }
     // SAFETY: the asserts above bound every element gemm reads (lhs rows
     // < m, cols < k; rhs rows < k, cols < n) and writes (dst m × n,

@@ -79,6 +79,9 @@ enum BenchCommand {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Device of the large products (auto, cpu, cuda).
+        #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
+        device: nq_host::backend::DeviceChoice,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -135,6 +138,10 @@ struct EvalArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Device of the large products: auto (the GPU when one is usable, else
+    /// the CPU), cpu, or cuda (an error without a GPU).
+    #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
+    device: nq_host::backend::DeviceChoice,
 }
 
 #[derive(clap::Args)]
@@ -202,9 +209,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             iters,
             no_backward,
             threads,
+            device,
             json,
         }) => {
             cli::set_threads(threads)?;
+            let device = use_device(device)?;
             if ctx < 2 {
                 bail!("--ctx must be at least 2");
             }
@@ -248,6 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     r.threads,
                     r.iters
                 );
+                println!("device {device}");
                 for t in &r.timings {
                     println!(
                         "  {:<36} {:>9.3} s  {:>9.1} tokens/s  (best {:.3} s)",
@@ -261,6 +271,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Opens `device` and sends the large products there. Returns the line the
+/// command prints about it (with the reason when `auto` fell back to the
+/// CPU), for its summary: printed at once it would break the one-line
+/// error of a later input check.
+fn use_device(device: nq_host::backend::DeviceChoice) -> anyhow::Result<String> {
+    let (compute, notice) =
+        nq_host::backend::select(device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    compute.install_offload();
+    Ok(notice.unwrap_or_else(|| compute.describe()))
 }
 
 fn bench_admm(
@@ -325,6 +346,7 @@ fn bench_admm(
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
     cli::set_threads(args.threads)?;
+    let device = use_device(args.device)?;
     if args.ctx < 2 {
         bail!("--ctx must be at least 2");
     }
@@ -371,6 +393,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             "tokens {}, ctx {}, windows {} of {}, predictions {}",
             r.tokens, r.ctx, r.windows, r.windows_available, r.predictions
         );
+        println!("device     {device}");
         println!("perplexity {:.4}", r.ppl);
         println!("top-1      {:.4}", r.top1);
         println!(

@@ -415,3 +415,46 @@ fn cuda_quantizes_smollm2_like_the_cpu() {
         cuda["quantize_seconds"].as_f64().unwrap()
     );
 }
+
+/// cuBLAS through the large-product hook equals the CPU's products, for
+/// every operand layout the transformer uses, gaps of a strided output kept.
+#[test]
+fn cuda_offloaded_products_match_cpu() {
+    use nq_host::linalg::GemmOffload;
+    let Some(g) = gpu() else { return };
+    let (m, n, k) = (300, 70, 129);
+    let a = random(m * k, 11);
+    let b = random(k * n, 12);
+    let bt: Vec<f32> = (0..n * k).map(|e| b[(e % k) * n + e / k]).collect();
+    let at: Vec<f32> = (0..k * m).map(|e| a[(e % m) * k + e / m]).collect();
+    let want = oracle_matmul(&a, &b, Op::Nn, (m, n, k));
+    // (a, a strides, b, b strides): nn, nt, tn.
+    type Layout<'a> = (&'a [f32], (usize, usize), &'a [f32], (usize, usize));
+    let layouts: [Layout<'_>; 3] = [
+        (&a, (k, 1), &b, (n, 1)),
+        (&a, (k, 1), &bt, (1, k)),
+        (&at, (1, m), &b, (n, 1)),
+    ];
+    for (i, (a, sa, b, sb)) in layouts.into_iter().enumerate() {
+        for ldc in [n, n + 3] {
+            let mut c = vec![7.0f32; m * ldc];
+            assert!(
+                g.gemm(&mut c, ldc, a, sa, b, sb, (m, n, k), false),
+                "layout {i}"
+            );
+            let got: Vec<f32> = (0..m * n).map(|e| c[(e / n) * ldc + e % n]).collect();
+            close(&got, &want, 1e-5, "offloaded product");
+            for r in 0..m {
+                assert!(c[r * ldc + n..(r + 1) * ldc].iter().all(|&x| x == 7.0));
+            }
+            // Accumulate doubles it.
+            assert!(g.gemm(&mut c, ldc, a, sa, b, sb, (m, n, k), true));
+            let got: Vec<f32> = (0..m * n).map(|e| c[(e / n) * ldc + e % n] / 2.0).collect();
+            close(&got, &want, 1e-5, "accumulated product");
+        }
+    }
+    // An operand with no unit stride is declined, untouched.
+    let mut c = vec![1.0f32; 4];
+    assert!(!g.gemm(&mut c, 2, &a, (4, 2), &b, (2, 1), (2, 2, 2), false));
+    assert_eq!(c, [1.0; 4]);
+}

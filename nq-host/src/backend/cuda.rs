@@ -129,3 +129,32 @@ impl Backend for CudaBackend {
             .map_err(device)
     }
 }
+
+impl crate::linalg::GemmOffload for CudaBackend {
+    fn gemm(
+        &self,
+        c: &mut [f32],
+        ldc: usize,
+        a: &[f32],
+        a_strides: (usize, usize),
+        b: &[f32],
+        b_strides: (usize, usize),
+        shape: (usize, usize, usize),
+        accumulate: bool,
+    ) -> bool {
+        match self
+            .gpu
+            .gemm_host(c, ldc, a, a_strides, b, b_strides, shape, accumulate)
+        {
+            Ok(done) => done,
+            Err(e) => {
+                // The CPU computes this product instead; say so once.
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!("warning: GPU product failed ({e}); computing products on the CPU")
+                });
+                false
+            }
+        }
+    }
+}

@@ -148,6 +148,17 @@ impl Compute {
     pub fn is_gpu(&self) -> bool {
         matches!(self, Self::Cuda(_))
     }
+
+    /// Makes this device take the large products of everything else that
+    /// runs in the process (statistics, reconstruction, KD, evaluation; see
+    /// [`crate::linalg::set_offload`]); the CPU takes them back with
+    /// [`Compute::Cpu`].
+    pub fn install_offload(&self) {
+        match self {
+            Self::Cpu => crate::linalg::set_offload(None),
+            Self::Cuda(g) => crate::linalg::set_offload(Some(g.clone())),
+        }
+    }
 }
 
 impl std::fmt::Debug for Compute {

@@ -142,9 +142,9 @@ pub struct QuantizeArgs {
     /// Do not store tokenizer.json (nor the tokenizer.tokens table) in the blob.
     #[arg(long)]
     no_tokenizer: bool,
-    /// Compute device of the ADMM factorization: auto (the GPU when one is
-    /// usable, else the CPU), cpu, or cuda (an error without a GPU).
-    /// Statistics and reconstruction run on the CPU.
+    /// Compute device: auto (the GPU when one is usable, else the CPU), cpu,
+    /// or cuda (an error without a GPU). On a GPU, ADMM runs there whole and
+    /// the large products of statistics, reconstruction and KD go there too.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
     /// Worker threads (default: all cores).
@@ -250,12 +250,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         bail!("--admm-iters must be at least 1");
     }
     let (compute, notice) = select(a.device).map_err(|e| anyhow!("--device: {e}"))?;
-    if !a.quiet {
-        match notice {
-            Some(n) => eprintln!("note: {n}"),
-            None => eprintln!("device: {}", compute.describe()),
-        }
-    }
+    compute.install_offload();
     super::set_threads(a.threads)?;
     check_writable(&a.out)?;
     for f in &a.calib {
@@ -276,6 +271,15 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     };
     let ids = tokenize_files(tokenizer, &a.calib)?;
     let windows = sample_windows(&ids, &calib)?;
+
+    // Inputs are checked: from here on the run computes. (The device line
+    // waits until now so that a bad input still gets a one-line error.)
+    if !a.quiet {
+        match notice {
+            Some(n) => eprintln!("note: {n}"),
+            None => eprintln!("device: {}", compute.describe()),
+        }
+    }
 
     // Statistics.
     let t0 = Instant::now();
