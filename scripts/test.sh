@@ -306,6 +306,31 @@ aarch64_runtime_matches_host() {
     return "$rc"
 }
 
+# nq-host itself cross-built for aarch64 Linux — what a user copies to a
+# Raspberry-Pi-class board — generates the tiny blob's greedy ids under
+# qemu-aarch64 on both CPU models, equal to the x86 host's. Release build
+# (gemm's fp16 inline assembly does not build for aarch64 without
+# optimization), without debug info to keep the build short.
+aarch64_cli_matches_host() {
+    local dir ids got cpu rc=0
+    local exe=target/aarch64-unknown-linux-gnu/release/nq-host
+    dir=$(mktemp -d)
+    cargo run -q -p nq-host --example tiny_blob -- "$dir/tiny.nqb"
+    ids=$(cargo run -q -p nq-host -- run --model "$dir/tiny.nqb" \
+        --prompt-ids 1,2,3,4,5 -n 16 --ctx 32 --kv f32 --print-ids 2>/dev/null)
+    CARGO_PROFILE_RELEASE_DEBUG=0 cargo build -q --release -p nq-host \
+        --target aarch64-unknown-linux-gnu
+    echo "    x86 host:         $ids"
+    for cpu in max cortex-a72; do
+        got=$(QEMU_CPU=$cpu "${QEMU_AARCH64[@]}" "$exe" run --model "$dir/tiny.nqb" \
+            --prompt-ids 1,2,3,4,5 -n 16 --ctx 32 --kv f32 --print-ids 2>/dev/null) || rc=$?
+        printf '    aarch64 %-10s %s\n' "$cpu:" "$got"
+        [[ $rc == 0 && -n $got && $got == "$ids" ]] || rc=1
+    done
+    rm -rf "$dir"
+    return "$rc"
+}
+
 # The host benchmark example (examples/bgemm-bench) builds and runs: one
 # short pass over the small shapes, batch 1, every kernel this CPU has.
 bgemm_bench_smoke() {
@@ -400,3 +425,5 @@ step "test: nq-core on aarch64 under qemu, QEMU_CPU=cortex-a72 (no dotprod)" \
     env QEMU_CPU=cortex-a72 cargo test -p nq-core --features std --target aarch64-unknown-linux-gnu
 step "run: runtime on aarch64 under qemu, greedy ids equal the x86 host runtime's" \
     aarch64_runtime_matches_host
+step "run: nq-host CLI cross-built for aarch64, under qemu on both CPUs, equals the x86 host" \
+    aarch64_cli_matches_host
