@@ -639,6 +639,166 @@ impl Gpu {
         Ok(())
     }
 
+    /// `out = rmsnorm(x) ⊙ w` row by row (`rows × d`, `w` of `d`); the
+    /// mean square is summed in f64.
+    pub fn rmsnorm(
+        &self,
+        x: &Buf,
+        w: &Buf,
+        out: &mut Buf,
+        rows: usize,
+        eps: f32,
+    ) -> Result<(), CudaError> {
+        let d = w.len();
+        let (r, di) = shape(x.len(), rows, d)?;
+        shape(out.len(), rows, d)?;
+        if rows > 0 {
+            launch!(self, "nq_rmsnorm", per_row(rows), x, w, out, &r, &di, &eps);
+        }
+        Ok(())
+    }
+
+    /// [`Gpu::rmsnorm`] in place.
+    pub fn rmsnorm_in_place(
+        &self,
+        x: &mut Buf,
+        w: &Buf,
+        rows: usize,
+        eps: f32,
+    ) -> Result<(), CudaError> {
+        let d = w.len();
+        let (r, di) = shape(x.len(), rows, d)?;
+        if rows > 0 {
+            launch!(
+                self,
+                "nq_rmsnorm_inplace",
+                per_row(rows),
+                x,
+                w,
+                &r,
+                &di,
+                &eps
+            );
+        }
+        Ok(())
+    }
+
+    /// `y[r] += b` for every row of `y` (`rows × b.len()`).
+    pub fn add_bias(&self, y: &mut Buf, b: &Buf, rows: usize) -> Result<(), CudaError> {
+        let (r, n) = shape(y.len(), rows, b.len())?;
+        if y.is_empty() {
+            return Ok(());
+        }
+        let cfg = grid_stride(y.len());
+        launch!(self, "nq_add_bias", cfg, y, b, &r, &n);
+        Ok(())
+    }
+
+    /// RoPE ("rotate halves") on every head of `x` (`t × heads·2·half`,
+    /// row `p` at position `p`) with angle tables `cos`, `sin` (`≥ t × half`).
+    pub fn rope(
+        &self,
+        x: &mut Buf,
+        cos: &Buf,
+        sin: &Buf,
+        t: usize,
+        heads: usize,
+    ) -> Result<(), CudaError> {
+        let width = x.len().checked_div(t).unwrap_or(0);
+        if t == 0 || heads == 0 || width % (2 * heads) != 0 {
+            return Err(CudaError::new("rope: shape does not match the buffer"));
+        }
+        let half = width / heads / 2;
+        if cos.len() < t * half || sin.len() < t * half {
+            return Err(CudaError::new("rope: angle tables too short"));
+        }
+        let (ti, hi) = shape(t * heads, t, heads)?;
+        let half_i = i32::try_from(half).map_err(|_| CudaError::new("head too wide"))?;
+        launch!(
+            self,
+            "nq_rope",
+            grid_stride(t * heads * half),
+            x,
+            cos,
+            sin,
+            &ti,
+            &hi,
+            &half_i
+        );
+        Ok(())
+    }
+
+    /// Causal grouped-query attention: `out` (`t × heads·d`) from `q`
+    /// (`t × heads·d`), `k`, `v` (`t × kv_heads·d`), scores scaled by
+    /// `1/√d`, softmax sums in f64.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        q: &Buf,
+        k: &Buf,
+        v: &Buf,
+        out: &mut Buf,
+        t: usize,
+        (heads, kv_heads, d): (usize, usize, usize),
+    ) -> Result<(), CudaError> {
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || d == 0 {
+            return Err(CudaError::new("attention: bad head configuration"));
+        }
+        shape(q.len(), t, heads * d)?;
+        shape(out.len(), t, heads * d)?;
+        shape(k.len(), t, kv_heads * d)?;
+        shape(v.len(), t, kv_heads * d)?;
+        // Scores live in shared memory next to 3 KB of reduction space.
+        let shared = t * 4;
+        if shared > 44 * 1024 {
+            return Err(CudaError::new(format!(
+                "attention: context {t} is longer than this kernel's 11264 tokens"
+            )));
+        }
+        if t == 0 {
+            return Ok(());
+        }
+        let (ti, hi, kvi, di) = (t as i32, heads as i32, kv_heads as i32, d as i32);
+        let scale = 1.0 / (d as f32).sqrt();
+        let cfg = LaunchConfig {
+            grid_dim: ((t * heads) as u32, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: shared as u32,
+        };
+        launch!(
+            self,
+            "nq_attention",
+            cfg,
+            q,
+            k,
+            v,
+            out,
+            &ti,
+            &hi,
+            &kvi,
+            &di,
+            &scale
+        );
+        Ok(())
+    }
+
+    /// `out = silu(g) ⊙ u`.
+    pub fn silu_mul(&self, out: &mut Buf, g: &Buf, u: &Buf) -> Result<(), CudaError> {
+        let n = Self::same_len(out, g, u)?;
+        launch!(self, "nq_silu_mul", grid_stride(out.len()), out, g, u, &n);
+        Ok(())
+    }
+
+    /// `x += y`.
+    pub fn add_assign(&self, x: &mut Buf, y: &Buf) -> Result<(), CudaError> {
+        if x.len() != y.len() {
+            return Err(CudaError::new("add_assign: length mismatch"));
+        }
+        let n = i32::try_from(x.len()).map_err(|_| CudaError::new("buffer over 2^31 values"))?;
+        launch!(self, "nq_add_assign", grid_stride(x.len()), x, y, &n);
+        Ok(())
+    }
+
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.ctx.synchronize().map_err(|e| err("synchronize", e))

@@ -34,8 +34,23 @@ pub const ADMM: KernelSource = KernelSource {
     ],
 };
 
+/// The element-wise parts of the transformer forward pass.
+pub const FORWARD: KernelSource = KernelSource {
+    file: "forward.cu",
+    source: include_str!("../kernels/forward.cu"),
+    entry_points: &[
+        "nq_rmsnorm",
+        "nq_rmsnorm_inplace",
+        "nq_add_bias",
+        "nq_rope",
+        "nq_attention",
+        "nq_silu_mul",
+        "nq_add_assign",
+    ],
+};
+
 /// Every kernel source of the crate.
-pub const ALL: &[KernelSource] = &[ADMM];
+pub const ALL: &[KernelSource] = &[ADMM, FORWARD];
 
 #[cfg(test)]
 mod tests {
