@@ -163,8 +163,7 @@ fn cli_convert_then_eval_gives_the_same_perplexity() {
 /// against the f32 reference on each (`common::equivalence`): f32
 /// activations give the reference's logits to f32 rounding and its 64-token
 /// greedy continuation token for token; the int8 runtime's agreement is
-/// printed. About 30 s (1.0 bpw) and 15 s (0.55 bpw) of quantization on 2
-/// cores, 10 s of checks per blob.
+/// printed. 130–160 s in all on 2 cores, most of it quantization.
 #[test]
 fn runtime_matches_reference_on_quick_blobs() {
     let (Some((gguf, _)), Some(calib)) = (assets(), common::asset("brown.txt")) else {
