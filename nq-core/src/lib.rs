@@ -48,5 +48,5 @@ pub use layers::{
     BinaryLinear, DenseDtype, DenseTensor, FactorizedLinear, Linear, RowBits, RowQuantTensor,
     ShapeError,
 };
-pub use runtime::{KvDtype, Runtime, RuntimeError};
+pub use runtime::{ActPrecision, KvDtype, Runtime, RuntimeError, RuntimeOptions};
 pub use sign::SignMatrix;

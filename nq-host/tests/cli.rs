@@ -354,6 +354,35 @@ fn run_and_footprint_on_a_synthetic_blob() {
         .status
         .success());
 
+    // --act f32 (the runtime on f32 activations) prints the reference's
+    // greedy tokens; --reference needs no tokenizer for ids in and out and
+    // honours --ctx like the runtime.
+    let exact = nq_host(&[&args[..], &["--act", "f32"]].concat());
+    assert!(
+        exact.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exact.stderr)
+    );
+    assert!(String::from_utf8_lossy(&exact.stderr).contains("act f32"));
+    let reference = nq_host(&[&args[..], &["--reference"]].concat());
+    assert!(
+        reference.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    assert_eq!(exact.stdout, reference.stdout);
+    let short = ["--ctx", "8"];
+    let a8 = nq_host(&[&args[..], &short].concat());
+    let r8 = nq_host(&[&args[..], &short, &["--reference", "--act", "f32"]].concat());
+    assert_eq!(String::from_utf8_lossy(&a8.stdout).split(',').count(), 3);
+    assert_eq!(
+        r8.stdout,
+        nq_host(&[&args[..], &short, &["--act", "f32"]].concat()).stdout
+    );
+    assert!(!nq_host(&[&args[..], &["--act", "f64"]].concat())
+        .status
+        .success());
+
     let f = nq_host(&["inspect", p, "--footprint", "--ctx", "64", "--kv", "int8"]);
     assert!(f.status.success());
     let out = String::from_utf8(f.stdout).unwrap();

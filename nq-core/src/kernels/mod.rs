@@ -71,10 +71,20 @@
 //! The int8 tables cost 8 bytes per input column per token (built once per
 //! call and shared by all rows); x86_64 and aarch64 build them with SIMD.
 //!
+//! # Exact activations (f32)
+//!
+//! `FactorizedLinear::forward_f32` / `BinaryLinear::forward_f32` skip the
+//! int8 step: a portable f32 sign product (the same nibble lookups on f32
+//! tables, see `f32_product`) computes `S · z` as the f32 reference does, up
+//! to summation order ([`error_bound_f32`]: `(n/8 + 8) · ε · Σ|z|`). Slower
+//! than the int8 kernels and ISA-free; it is what the runtime's
+//! `ActPrecision::F32` runs, to reproduce the reference token for token.
+//!
 //! This module holds the only `cfg(target_arch)` gates of the crate.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
+mod f32_product;
 mod portable;
 pub mod quant;
 mod sign_product;
@@ -85,6 +95,8 @@ mod x86_64;
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
 
+pub use f32_product::error_bound_f32;
+pub(crate) use f32_product::{sign_product_f32, sign_product_f32_scratch_len};
 pub use quant::{error_bound_binary, error_bound_factorized};
 pub(crate) use sign_product::{sign_product, sign_product_scratch_len};
 

@@ -472,3 +472,149 @@ fn short_scratch_panics() {
     let mut scratch = vec![0.0f32; l.forward_scratch_len(1) - 1];
     l.forward(&[1.0; 4], 1, &mut y, &mut scratch);
 }
+
+// ---- The f32 (exact-activation) path: ISA-free, one suite. ----
+
+/// Budget of one layer output on f32 activations against the f64 oracle:
+/// the sign product's [`error_bound_f32`] over `terms` (the absolute sum of
+/// its inputs) plus a few roundings of the scale/bias epilogue.
+fn f32_epilogue_slack(magnitude: f64) -> f64 {
+    4.0 * f64::from(f32::EPSILON) * magnitude + 1e-30
+}
+
+#[test]
+fn f32_product_within_budget_of_oracle() {
+    let mut rng = Rng(11);
+    for &(rows, cols) in &PRODUCT_SHAPES {
+        let s = rng.signs(rows, cols);
+        for &batch in &BATCHES {
+            // Values of mixed magnitude: cancellation is where order matters.
+            let z: Vec<f32> = (0..batch * cols)
+                .map(|j| rng.value(if j % 5 == 0 { 100.0 } else { 0.01 }))
+                .collect();
+            let mut out = vec![f32::NAN; batch * rows];
+            let mut scratch = vec![f32::NAN; sign_product_f32_scratch_len(cols)];
+            sign_product_f32(&s.as_view(), &z, batch, &mut out, &mut scratch);
+            for t in 0..batch {
+                let zt = &z[t * cols..(t + 1) * cols];
+                let sum_abs: f32 = zt.iter().map(|v| v.abs()).sum();
+                let tol = f64::from(error_bound_f32(cols, sum_abs * 1.001));
+                for i in 0..rows {
+                    let want: f64 = (0..cols)
+                        .map(|j| f64::from(s.sign(i, j)) * f64::from(zt[j]))
+                        .sum();
+                    let got = f64::from(out[t * rows + i]);
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "{rows}×{cols} batch {batch} token {t} row {i}: {got} vs {want} (budget {tol})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_product_of_one_hot_and_zero_is_exact() {
+    let s = SignMatrix::from_fn(21, 37, |i, j| (i * 7 + j * 3) % 5 < 2);
+    let mut scratch = vec![f32::NAN; sign_product_f32_scratch_len(37)];
+    let mut out = vec![f32::NAN; 21];
+    sign_product_f32(&s.as_view(), &[0.0; 37], 1, &mut out, &mut scratch);
+    assert!(out.iter().all(|&v| v == 0.0));
+    let mut x = vec![0.0f32; 37];
+    x[33] = -0.3;
+    sign_product_f32(&s.as_view(), &x, 1, &mut out, &mut scratch);
+    for (i, &v) in out.iter().enumerate() {
+        assert_eq!(v, -0.3 * f32::from(s.sign(i, 33)), "row {i}");
+    }
+}
+
+#[test]
+fn f32_layers_within_budget_of_oracle() {
+    let eps = f64::from(f32::EPSILON);
+    let mut rng = Rng(12);
+    for &(m, n) in &PRODUCT_SHAPES {
+        let l = random_binary(&mut rng, m, n, true);
+        for &batch in &BATCHES {
+            let x = rng.values(batch * n, 3.0);
+            let mut y = vec![f32::NAN; batch * m];
+            let mut scratch = vec![f32::NAN; l.forward_f32_scratch_len(batch)];
+            l.forward_f32(&x, batch, &mut y, &mut scratch);
+            let (mut want, mut tmp) = (vec![0.0f32; m], vec![0.0f32; n]);
+            for b in 0..batch {
+                let xb = &x[b * n..(b + 1) * n];
+                l.forward_ref(xb, &mut want, &mut tmp);
+                let sum_z: f32 = tmp.iter().map(|v| v.abs()).sum();
+                let eb = f64::from(error_bound_f32(n, sum_z * 1.001));
+                for i in 0..m {
+                    let s = f64::from(l.s_row().get(i)).abs();
+                    let bi = f64::from(l.bias().unwrap().get(i)).abs();
+                    let tol = s * eb + f32_epilogue_slack(s * f64::from(sum_z) + bi);
+                    let err = (f64::from(y[b * m + i]) - f64::from(want[i])).abs();
+                    assert!(
+                        err <= tol,
+                        "binary {m}×{n} batch {batch} row {i}: {err} > {tol}"
+                    );
+                }
+            }
+        }
+    }
+    for &(m, n, r) in &FACTORIZED_SHAPES {
+        let l = random_factorized(&mut rng, m, n, r, true);
+        for &batch in &BATCHES {
+            let x = rng.values(batch * n, 3.0);
+            let mut y = vec![f32::NAN; batch * m];
+            let mut scratch = vec![f32::NAN; l.forward_f32_scratch_len(batch)];
+            l.forward_f32(&x, batch, &mut y, &mut scratch);
+            let (mut want, mut t_ref) = (vec![0.0f32; m], vec![0.0f32; r]);
+            for b in 0..batch {
+                let xb = &x[b * n..(b + 1) * n];
+                l.forward_ref(xb, &mut want, &mut t_ref);
+                let sum_z: f32 = (0..n).map(|j| (l.s_pre().get(j) * xb[j]).abs()).sum();
+                // Stage 1 (plus the f32 rounding of z = s_pre · x), then
+                // stage 2 over the perturbed intermediate.
+                let e1 = f64::from(error_bound_f32(n, sum_z * 1.001)) + eps * f64::from(sum_z);
+                let sum_t: f64 = t_ref.iter().map(|v| f64::from(v.abs())).sum::<f64>();
+                let sum_t_got = sum_t + r as f64 * e1;
+                let e2 = f64::from(error_bound_f32(r, (sum_t_got * 1.001) as f32))
+                    + r as f64 * e1
+                    + eps * sum_t;
+                for i in 0..m {
+                    let s = f64::from(l.s_post().get(i)).abs();
+                    let bi = f64::from(l.bias().unwrap().get(i)).abs();
+                    let tol = s * e2 + f32_epilogue_slack(s * sum_t_got + bi);
+                    let err = (f64::from(y[b * m + i]) - f64::from(want[i])).abs();
+                    assert!(
+                        err <= tol,
+                        "factorized {m}×{n} r {r} batch {batch} row {i}: {err} > {tol}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Tokens are independent in the f32 path: a batch gives each token's
+/// batch-1 result bit for bit (so chunked prefill and decode agree exactly).
+#[test]
+fn f32_layers_are_batch_invariant() {
+    let mut rng = Rng(13);
+    for &(m, n, r) in &FACTORIZED_SHAPES {
+        let l = random_factorized(&mut rng, m, n, r, true);
+        let batch = 5;
+        let x = rng.values(batch * n, 3.0);
+        let mut y = vec![0.0f32; batch * m];
+        let mut scratch = vec![0.0f32; l.forward_f32_scratch_len(batch)];
+        l.forward_f32(&x, batch, &mut y, &mut scratch);
+        let mut y1 = vec![0.0f32; m];
+        for b in 0..batch {
+            l.forward_f32(&x[b * n..(b + 1) * n], 1, &mut y1, &mut scratch);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&y[b * m..(b + 1) * m]),
+                bits(&y1),
+                "{m}×{n} r {r} token {b}"
+            );
+        }
+    }
+}

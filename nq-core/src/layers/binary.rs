@@ -1,7 +1,10 @@
 //! `BinaryLinear`: full-rank signs with row and column scales.
 
 use super::ShapeError;
-use crate::kernels::{self, sign_product, sign_product_scratch_len, Kernel};
+use crate::kernels::{
+    self, sign_product, sign_product_f32, sign_product_f32_scratch_len, sign_product_scratch_len,
+    Kernel,
+};
 use crate::{F16Vector, SignMatrix};
 
 /// `W ≈ diag(s_row) · B · diag(s_col)` with `B ∈ {±1}^{m×n}` (1 bit per
@@ -163,6 +166,46 @@ impl<S: AsRef<[u8]>> BinaryLinear<S> {
         );
         super::scale_columns(x, s_col, z, n);
         sign_product(kernel, &self.signs.as_view(), z, batch, y, rest);
+        super::scale_rows_add_bias(y, s_row, bias, m);
+    }
+
+    /// Scratch floats [`forward_f32`](Self::forward_f32) needs for `batch`
+    /// tokens.
+    pub fn forward_f32_scratch_len(&self, batch: usize) -> usize {
+        let (m, n) = (self.out_features(), self.in_features());
+        n + 2 * m + batch * n + sign_product_f32_scratch_len(n)
+    }
+
+    /// [`forward`](Self::forward) on f32 activations: no int8 step, the
+    /// reference's math up to f32 rounding and summation order (budget:
+    /// [`kernels::error_bound_f32`]). Portable, slower; allocation-free.
+    ///
+    /// # Panics
+    /// If `x.len() != batch · n`, `y.len() != batch · m` or `scratch` is
+    /// shorter than [`forward_f32_scratch_len`](Self::forward_f32_scratch_len).
+    pub fn forward_f32(&self, x: &[f32], batch: usize, y: &mut [f32], scratch: &mut [f32]) {
+        let (m, n) = (self.out_features(), self.in_features());
+        assert_eq!(x.len(), batch * n, "input length");
+        assert_eq!(y.len(), batch * m, "output length");
+        assert!(
+            scratch.len() >= self.forward_f32_scratch_len(batch),
+            "scratch length"
+        );
+        if batch == 0 {
+            return;
+        }
+        let (s_col, rest) = scratch.split_at_mut(n);
+        let (s_row, rest) = rest.split_at_mut(m);
+        let (bias, rest) = rest.split_at_mut(m);
+        let (z, rest) = rest.split_at_mut(batch * n);
+        super::unpack_scales(
+            &self.s_col,
+            &self.s_row,
+            self.bias.as_ref(),
+            (&mut *s_col, &mut *s_row, &mut *bias),
+        );
+        super::scale_columns(x, s_col, z, n);
+        sign_product_f32(&self.signs.as_view(), z, batch, y, rest);
         super::scale_rows_add_bias(y, s_row, bias, m);
     }
 

@@ -1,7 +1,10 @@
 //! `FactorizedLinear`: NanoQuant's low-rank binary layer.
 
 use super::ShapeError;
-use crate::kernels::{self, sign_product, sign_product_scratch_len, Kernel};
+use crate::kernels::{
+    self, sign_product, sign_product_f32, sign_product_f32_scratch_len, sign_product_scratch_len,
+    Kernel,
+};
 use crate::{F16Vector, SignMatrix};
 
 /// `W ≈ diag(s_post) · U · V · diag(s_pre)` with `U ∈ {±1}^{m×r}`,
@@ -190,6 +193,51 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
         super::scale_columns(x, s_pre, z, n);
         sign_product(kernel, &self.v.as_view(), z, batch, t, rest);
         sign_product(kernel, &self.u.as_view(), t, batch, y, rest);
+        super::scale_rows_add_bias(y, s_post, bias, m);
+    }
+
+    /// Scratch floats [`forward_f32`](Self::forward_f32) needs for `batch`
+    /// tokens.
+    pub fn forward_f32_scratch_len(&self, batch: usize) -> usize {
+        let (m, n, r) = (self.out_features(), self.in_features(), self.rank());
+        n + 2 * m
+            + batch * (n + r)
+            + sign_product_f32_scratch_len(n).max(sign_product_f32_scratch_len(r))
+    }
+
+    /// [`forward`](Self::forward) on f32 activations: no int8 step at
+    /// either stage, the reference's math up to f32 rounding and summation
+    /// order (budget: [`kernels::error_bound_f32`] per stage). Portable,
+    /// slower; allocation-free.
+    ///
+    /// # Panics
+    /// If `x.len() != batch · n`, `y.len() != batch · m` or `scratch` is
+    /// shorter than [`forward_f32_scratch_len`](Self::forward_f32_scratch_len).
+    pub fn forward_f32(&self, x: &[f32], batch: usize, y: &mut [f32], scratch: &mut [f32]) {
+        let (m, n, r) = (self.out_features(), self.in_features(), self.rank());
+        assert_eq!(x.len(), batch * n, "input length");
+        assert_eq!(y.len(), batch * m, "output length");
+        assert!(
+            scratch.len() >= self.forward_f32_scratch_len(batch),
+            "scratch length"
+        );
+        if batch == 0 {
+            return;
+        }
+        let (s_pre, rest) = scratch.split_at_mut(n);
+        let (s_post, rest) = rest.split_at_mut(m);
+        let (bias, rest) = rest.split_at_mut(m);
+        let (z, rest) = rest.split_at_mut(batch * n);
+        let (t, rest) = rest.split_at_mut(batch * r);
+        super::unpack_scales(
+            &self.s_pre,
+            &self.s_post,
+            self.bias.as_ref(),
+            (&mut *s_pre, &mut *s_post, &mut *bias),
+        );
+        super::scale_columns(x, s_pre, z, n);
+        sign_product_f32(&self.v.as_view(), z, batch, t, rest);
+        sign_product_f32(&self.u.as_view(), t, batch, y, rest);
         super::scale_rows_add_bias(y, s_post, bias, m);
     }
 

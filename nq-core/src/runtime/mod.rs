@@ -17,6 +17,16 @@
 //! int8 activations per token; see [`crate::kernels`] for their error
 //! budget); an untied head that is itself a quantized linear does too.
 //!
+//! [`ActPrecision::F32`] (set through [`RuntimeOptions`]) runs every
+//! quantized linear on f32 activations instead (`forward_f32`: a portable
+//! f32 sign product, no int8 step). Then the runtime computes the
+//! reference's math up to f32 rounding and summation order — with
+//! [`KvDtype::F32`], every step: embeddings and row-quantized or f16 heads
+//! are dequantized exactly as `dequantize_blob` does (`scale · code`, f16 →
+//! f32), norms, RoPE and softmax follow the reference. It is slower and is
+//! what checks the runtime against the reference token for token; the int8
+//! default is what a device runs.
+//!
 //! The runtime is single-threaded and deterministic. The arena layout
 //! (each region 16-byte aligned, the arena start aligned by the runtime):
 //!
@@ -30,7 +40,7 @@
 //! | rope    | `batch · head_dim` f32                 |
 //! | scores  | `ctx` f32                              |
 //! | logits  | `vocab_size` f32                       |
-//! | scratch | the largest kernel scratch of any linear (rank bounded by its shape) |
+//! | scratch | the largest kernel scratch of any linear (rank bounded by its shape) at the chosen [`ActPrecision`] |
 //!
 //! Prompts are processed in chunks of `batch` tokens ([`DEFAULT_BATCH`]
 //! unless [`Runtime::with_batch`] asks for more; a smaller arena gets a
@@ -56,6 +66,70 @@ pub const DEFAULT_BATCH: usize = 8;
 
 /// Alignment of every arena region (and of the arena start, by skipping).
 pub const ARENA_ALIGN: usize = 16;
+
+/// What the quantized linears do with their input activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ActPrecision {
+    /// Int8 per token (absmax scale) into the fastest sign-product kernel
+    /// this CPU has: what a device runs (error budget in [`crate::kernels`]).
+    #[default]
+    Int8,
+    /// f32 activations through the portable f32 sign product: the f32
+    /// reference's math up to summation order. Slower; its lookup tables
+    /// (`4 · n` floats, `n` the padded input width) are built per token, so
+    /// they do not grow with the batch.
+    F32,
+}
+
+impl ActPrecision {
+    /// Lower-case name (`int8`, `f32`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Int8 => "int8",
+            Self::F32 => "f32",
+        }
+    }
+}
+
+/// How a [`Runtime`] is built: KV storage, largest prompt chunk, activation
+/// precision. [`RuntimeOptions::new`] gives [`DEFAULT_BATCH`] and
+/// [`ActPrecision::Int8`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub struct RuntimeOptions {
+    /// KV cache storage.
+    pub kv: KvDtype,
+    /// Largest prompt chunk in tokens (clamped to `1..=ctx`; a smaller
+    /// arena gets a smaller one).
+    pub max_batch: usize,
+    /// Activation precision of the quantized linears.
+    pub act: ActPrecision,
+}
+
+impl RuntimeOptions {
+    /// `kv` storage, [`DEFAULT_BATCH`]-token chunks, int8 activations.
+    pub const fn new(kv: KvDtype) -> Self {
+        Self {
+            kv,
+            max_batch: DEFAULT_BATCH,
+            act: ActPrecision::Int8,
+        }
+    }
+
+    /// The same with prompt chunks of up to `max_batch` tokens.
+    pub const fn with_max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch;
+        self
+    }
+
+    /// The same with activation precision `act`.
+    pub const fn with_act(mut self, act: ActPrecision) -> Self {
+        self.act = act;
+        self
+    }
+}
 
 /// Why the runtime refused.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,12 +180,14 @@ impl From<BlobError> for RuntimeError {
     }
 }
 
-/// Region sizes, in values, for one (config, ctx, kv dtype, batch).
+/// Region sizes, in values, for one (config, ctx, kv dtype, batch,
+/// activation precision).
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     kv_values: usize,
     kv_scales: usize,
     kv: KvDtype,
+    act: ActPrecision,
     d: usize,
     qd: usize,
     kvd: usize,
@@ -129,7 +205,13 @@ fn round_up(n: usize) -> Option<usize> {
 }
 
 impl Plan {
-    fn new(c: &ModelConfig, ctx: usize, kv: KvDtype, batch: usize) -> Option<Self> {
+    fn new(
+        c: &ModelConfig,
+        ctx: usize,
+        kv: KvDtype,
+        batch: usize,
+        act: ActPrecision,
+    ) -> Option<Self> {
         let (d, qd, kvd, f) = (
             c.d_model as usize,
             c.q_dim() as usize,
@@ -139,11 +221,11 @@ impl Plan {
         let rows = (c.n_layers as usize).checked_mul(2)?.checked_mul(ctx)?;
         let mut scratch = 0;
         for (m, n) in [(qd, d), (kvd, d), (d, qd), (f, d), (d, f)] {
-            scratch = scratch.max(ops::linear_scratch_bound(m, n, batch)?);
+            scratch = scratch.max(ops::linear_scratch_bound(m, n, batch, act)?);
         }
         if !c.tied_embeddings {
             // An untied head may be a quantized linear (run at batch 1).
-            scratch = scratch.max(ops::linear_scratch_bound(c.vocab_size as usize, d, 1)?);
+            scratch = scratch.max(ops::linear_scratch_bound(c.vocab_size as usize, d, 1, act)?);
         }
         Some(Self {
             kv_values: rows.checked_mul(kvd)?,
@@ -153,6 +235,7 @@ impl Plan {
                 0
             },
             kv,
+            act,
             d,
             qd,
             kvd,
@@ -226,6 +309,7 @@ pub struct Runtime<'a> {
     batch: usize,
     pos: usize,
     kv_dtype: KvDtype,
+    act: ActPrecision,
     kv: KvCache<'a>,
     x: &'a mut [f32],
     h: &'a mut [f32],
@@ -243,38 +327,45 @@ pub struct Runtime<'a> {
 }
 
 impl<'a> Runtime<'a> {
-    /// Arena bytes for `ctx` positions and [`DEFAULT_BATCH`]-token prompt
-    /// chunks (`usize::MAX` if it overflows).
+    /// Arena bytes for `ctx` positions, [`DEFAULT_BATCH`]-token prompt
+    /// chunks and int8 activations (`usize::MAX` if it overflows).
     pub fn arena_bytes(cfg: &ModelConfig, ctx: usize, kv: KvDtype) -> usize {
-        Self::arena_bytes_for_batch(cfg, ctx, kv, DEFAULT_BATCH)
+        Self::arena_bytes_with(cfg, ctx, RuntimeOptions::new(kv))
     }
 
     /// Arena bytes with prompt chunks of `batch` tokens (at least 1, at most
-    /// `ctx`).
+    /// `ctx`) and int8 activations.
     pub fn arena_bytes_for_batch(
         cfg: &ModelConfig,
         ctx: usize,
         kv: KvDtype,
         batch: usize,
     ) -> usize {
-        let batch = batch.clamp(1, ctx.max(1));
-        Plan::new(cfg, ctx, kv, batch)
+        Self::arena_bytes_with(cfg, ctx, RuntimeOptions::new(kv).with_max_batch(batch))
+    }
+
+    /// Arena bytes for `opts` (its full `max_batch`, clamped to `1..=ctx`;
+    /// `usize::MAX` if it overflows).
+    pub fn arena_bytes_with(cfg: &ModelConfig, ctx: usize, opts: RuntimeOptions) -> usize {
+        let batch = opts.max_batch.clamp(1, ctx.max(1));
+        Plan::new(cfg, ctx, opts.kv, batch, opts.act)
             .and_then(|p| p.bytes())
             .unwrap_or(usize::MAX)
     }
 
-    /// A runtime with prompt chunks of up to [`DEFAULT_BATCH`] tokens.
+    /// A runtime with prompt chunks of up to [`DEFAULT_BATCH`] tokens and
+    /// int8 activations.
     pub fn new(
         view: BlobView<'a>,
         arena: &'a mut [u8],
         ctx: usize,
         kv: KvDtype,
     ) -> Result<Self, RuntimeError> {
-        Self::with_batch(view, arena, ctx, kv, DEFAULT_BATCH)
+        Self::with_options(view, arena, ctx, RuntimeOptions::new(kv))
     }
 
     /// A runtime whose prompt chunks are as large as the arena allows, up to
-    /// `max_batch` tokens. Checks every tensor the model needs.
+    /// `max_batch` tokens, with int8 activations.
     pub fn with_batch(
         view: BlobView<'a>,
         arena: &'a mut [u8],
@@ -282,17 +373,34 @@ impl<'a> Runtime<'a> {
         kv: KvDtype,
         max_batch: usize,
     ) -> Result<Self, RuntimeError> {
+        Self::with_options(
+            view,
+            arena,
+            ctx,
+            RuntimeOptions::new(kv).with_max_batch(max_batch),
+        )
+    }
+
+    /// A runtime as `opts` asks: prompt chunks as large as the arena allows
+    /// up to `opts.max_batch`. Checks every tensor the model needs.
+    pub fn with_options(
+        view: BlobView<'a>,
+        arena: &'a mut [u8],
+        ctx: usize,
+        opts: RuntimeOptions,
+    ) -> Result<Self, RuntimeError> {
         let cfg = *view.config();
         if ctx == 0 || ctx > cfg.max_seq_len as usize {
             return Err(RuntimeError::BadContext);
         }
+        let (kv, act) = (opts.kv, opts.act);
         let got = arena.len();
-        let plan = (1..=max_batch.clamp(1, ctx))
+        let plan = (1..=opts.max_batch.clamp(1, ctx))
             .rev()
-            .filter_map(|b| Plan::new(&cfg, ctx, kv, b))
+            .filter_map(|b| Plan::new(&cfg, ctx, kv, b, act))
             .find(|p| p.bytes().is_some_and(|n| n <= got))
             .ok_or(RuntimeError::ArenaTooSmall {
-                needed: Self::arena_bytes_for_batch(&cfg, ctx, kv, 1),
+                needed: Self::arena_bytes_with(&cfg, ctx, opts.with_max_batch(1)),
                 got,
             })?;
         check_tensors(&view, &plan)?;
@@ -319,6 +427,7 @@ impl<'a> Runtime<'a> {
             batch: plan.batch,
             pos: 0,
             kv_dtype: kv,
+            act,
             kv: KvCache {
                 store,
                 ctx,
@@ -364,6 +473,11 @@ impl<'a> Runtime<'a> {
     /// KV storage type.
     pub fn kv_dtype(&self) -> KvDtype {
         self.kv_dtype
+    }
+
+    /// Activation precision of the quantized linears.
+    pub fn act_precision(&self) -> ActPrecision {
+        self.act
     }
 
     /// The last logits computed.
@@ -435,15 +549,16 @@ impl<'a> Runtime<'a> {
         let gate = &mut self.gate[..n * f];
         let up = &mut self.up[..n * f];
         let scratch = &mut *self.scratch;
+        let act = self.act;
         for layer in 0..c.n_layers {
             let b = self.view.block(layer)?;
             let l = layer as usize;
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 ops::rmsnorm_row(xr, &b.attn_norm, eps, hr);
             }
-            ops::linear_forward(&b.attn_q, h, n, q, scratch);
-            ops::linear_forward(&b.attn_k, h, n, k, scratch);
-            ops::linear_forward(&b.attn_v, h, n, v, scratch);
+            ops::linear_forward(&b.attn_q, h, n, q, scratch, act);
+            ops::linear_forward(&b.attn_k, h, n, k, scratch, act);
+            ops::linear_forward(&b.attn_v, h, n, v, scratch, act);
             if let (Some(qn), Some(kn)) = (&b.q_norm, &b.k_norm) {
                 ops::head_norm_in_place(q, qn, eps);
                 ops::head_norm_in_place(k, kn, eps);
@@ -468,17 +583,17 @@ impl<'a> Runtime<'a> {
                     self.scores,
                 );
             }
-            ops::linear_forward(&b.attn_output, attn, n, out, scratch);
+            ops::linear_forward(&b.attn_output, attn, n, out, scratch, act);
             x.iter_mut().zip(out.iter()).for_each(|(a, o)| *a += o);
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 ops::rmsnorm_row(xr, &b.ffn_norm, eps, hr);
             }
-            ops::linear_forward(&b.ffn_gate, h, n, gate, scratch);
-            ops::linear_forward(&b.ffn_up, h, n, up, scratch);
+            ops::linear_forward(&b.ffn_gate, h, n, gate, scratch, act);
+            ops::linear_forward(&b.ffn_up, h, n, up, scratch, act);
             gate.iter_mut()
                 .zip(up.iter())
                 .for_each(|(g, u)| *g = ops::silu(*g) * u);
-            ops::linear_forward(&b.ffn_down, gate, n, out, scratch);
+            ops::linear_forward(&b.ffn_down, gate, n, out, scratch, act);
             x.iter_mut().zip(out.iter()).for_each(|(a, o)| *a += o);
         }
         self.pos += n;
@@ -489,7 +604,7 @@ impl<'a> Runtime<'a> {
             Head::Embedding(e) => {
                 ops::table_matvec(&e, hl, self.logits);
             }
-            Head::Linear(lin) => ops::linear_forward(&lin, hl, 1, self.logits, scratch),
+            Head::Linear(lin) => ops::linear_forward(&lin, hl, 1, self.logits, scratch, act),
         }
         Ok(())
     }
@@ -541,7 +656,7 @@ fn check_tensors(view: &BlobView<'_>, plan: &Plan) -> Result<(), RuntimeError> {
     view.token_embd()?;
     view.output_norm()?;
     if let Head::Linear(l) = view.lm_head()? {
-        if ops::linear_scratch(&l, 1) > plan.scratch {
+        if ops::linear_scratch(&l, 1, plan.act) > plan.scratch {
             return Err(RuntimeError::Scratch);
         }
     }
@@ -556,7 +671,7 @@ fn check_tensors(view: &BlobView<'_>, plan: &Plan) -> Result<(), RuntimeError> {
             b.ffn_up,
             b.ffn_down,
         ] {
-            if ops::linear_scratch(&l, plan.batch) > plan.scratch {
+            if ops::linear_scratch(&l, plan.batch, plan.act) > plan.scratch {
                 return Err(RuntimeError::Scratch);
             }
         }

@@ -4,6 +4,7 @@
 //! operation for operation where that matters for agreement (f64 mean of
 //! squares in RMSNorm, f64 RoPE angles, f64 softmax sum).
 
+use super::ActPrecision;
 use crate::blob::Embedding;
 use crate::layers::{DenseDtype, Linear, RowBits};
 use crate::DenseTensor;
@@ -214,38 +215,56 @@ pub(crate) fn table_matvec(e: &Embedding<'_>, x: &[f32], y: &mut [f32]) {
 }
 
 /// Scratch floats any quantized linear `m × n` (any rank) needs for `batch`
-/// tokens: `FactorizedLinear::forward_scratch_len` at the largest rank,
+/// tokens at activation precision `act`: `FactorizedLinear`'s scratch
+/// (`forward_scratch_len` / `forward_f32_scratch_len`) at the largest rank,
 /// which also covers `BinaryLinear`.
-pub(crate) fn linear_scratch_bound(m: usize, n: usize, batch: usize) -> Option<usize> {
+pub(crate) fn linear_scratch_bound(
+    m: usize,
+    n: usize,
+    batch: usize,
+    act: ActPrecision,
+) -> Option<usize> {
     use crate::kernels::sign_product_scratch_len as sp;
     let r = m.min(n);
-    let sign = sp(r, n, batch).max(sp(m, r, batch));
+    let sign = match act {
+        ActPrecision::Int8 => sp(r, n, batch).max(sp(m, r, batch)),
+        // `kernels::sign_product_f32_scratch_len(n)` (≥ that of `r ≤ n`),
+        // with checked arithmetic.
+        ActPrecision::F32 => crate::sign::col_bytes(n).checked_mul(32)?,
+    };
     n.checked_add(m.checked_mul(2)?)?
         .checked_add(batch.checked_mul(n.checked_add(r)?)?)?
         .checked_add(sign)
 }
 
-/// The scratch a given linear needs for `batch` tokens.
-pub(crate) fn linear_scratch(l: &Linear<'_>, batch: usize) -> usize {
-    match l {
-        Linear::Factorized(f) => f.forward_scratch_len(batch),
-        Linear::Binary(b) => b.forward_scratch_len(batch),
-        Linear::Dense(_) => 0,
+/// The scratch a given linear needs for `batch` tokens at precision `act`.
+pub(crate) fn linear_scratch(l: &Linear<'_>, batch: usize, act: ActPrecision) -> usize {
+    match (l, act) {
+        (Linear::Factorized(f), ActPrecision::Int8) => f.forward_scratch_len(batch),
+        (Linear::Factorized(f), ActPrecision::F32) => f.forward_f32_scratch_len(batch),
+        (Linear::Binary(b), ActPrecision::Int8) => b.forward_scratch_len(batch),
+        (Linear::Binary(b), ActPrecision::F32) => b.forward_f32_scratch_len(batch),
+        (Linear::Dense(_), _) => 0,
     }
 }
 
-/// `y = W x (+ b)` for `batch` rows of `x` through the fast kernels.
+/// `y = W x (+ b)` for `batch` rows of `x`: the fast int8-activation
+/// kernels, or the f32 sign products with [`ActPrecision::F32`]. Dense
+/// weights are always f32 row dots.
 pub(crate) fn linear_forward(
     l: &Linear<'_>,
     x: &[f32],
     batch: usize,
     y: &mut [f32],
     scratch: &mut [f32],
+    act: ActPrecision,
 ) {
-    match l {
-        Linear::Factorized(f) => f.forward(x, batch, y, scratch),
-        Linear::Binary(b) => b.forward(x, batch, y, scratch),
-        Linear::Dense(d) => {
+    match (l, act) {
+        (Linear::Factorized(f), ActPrecision::Int8) => f.forward(x, batch, y, scratch),
+        (Linear::Factorized(f), ActPrecision::F32) => f.forward_f32(x, batch, y, scratch),
+        (Linear::Binary(b), ActPrecision::Int8) => b.forward(x, batch, y, scratch),
+        (Linear::Binary(b), ActPrecision::F32) => b.forward_f32(x, batch, y, scratch),
+        (Linear::Dense(d), _) => {
             let (m, n) = (d.rows(), d.cols());
             let e = Embedding::Dense(*d);
             for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(m)) {

@@ -8,7 +8,11 @@
 //!
 //! `--reference` (and any GGUF or Hugging Face checkpoint) takes the f32
 //! host path instead: each step reruns the whole sequence with no KV cache,
-//! simple and exact, fast enough for short continuations.
+//! simple and exact, fast enough for short continuations. It honours the
+//! same prompt, `--ctx`, sampling and output flags, so `--act f32` (the
+//! runtime on f32 activations, f32 KV) and `--reference` print the same
+//! greedy tokens: the runtime computes the reference's math up to f32
+//! rounding (nq-host/tests/runtime.rs checks it).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -16,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use nq_core::runtime::{Sampler, SamplerConfig, TokenTable, TOKEN_TABLE_TENSOR};
-use nq_core::{Blob, KvDtype, Runtime};
+use nq_core::{ActPrecision, Blob, KvDtype, Runtime, RuntimeOptions};
 use nq_host::model::forward::prefill;
 use nq_host::quant::export::blob_tokenizer_json;
 use nq_host::source::SourceKind;
@@ -39,6 +43,28 @@ impl From<KvArg> for KvDtype {
             KvArg::F32 => KvDtype::F32,
             KvArg::F16 => KvDtype::F16,
             KvArg::Int8 => KvDtype::I8,
+        }
+    }
+}
+
+/// Activation precision of the runtime's quantized linears, as the CLI
+/// spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActArg {
+    /// Int8 per token into the fastest sign-product kernel (what a device
+    /// runs).
+    Int8,
+    /// f32 activations through the portable f32 sign product: the f32
+    /// reference's math up to rounding (slower; with `--kv f32`, the same
+    /// greedy tokens as `--reference`).
+    F32,
+}
+
+impl From<ActArg> for ActPrecision {
+    fn from(a: ActArg) -> Self {
+        match a {
+            ActArg::Int8 => ActPrecision::Int8,
+            ActArg::F32 => ActPrecision::F32,
         }
     }
 }
@@ -72,7 +98,11 @@ pub struct RunArgs {
     /// KV cache storage (runtime path).
     #[arg(long, value_enum, default_value_t = KvArg::F32)]
     kv: KvArg,
-    /// Context capacity in tokens (runtime path; default: prompt + tokens).
+    /// Activation precision of the quantized linears (runtime path).
+    #[arg(long, value_enum, default_value_t = ActArg::Int8)]
+    act: ActArg,
+    /// Context capacity in tokens (default: prompt + tokens; at most the
+    /// model's).
     #[arg(long)]
     ctx: Option<usize>,
     /// Prompt tokens per batched prefill step (runtime path).
@@ -81,7 +111,8 @@ pub struct RunArgs {
     /// Print the generated token ids on stdout instead of text.
     #[arg(long)]
     print_ids: bool,
-    /// Use the f32 host reference path (dequantized blob, no KV cache).
+    /// Use the f32 host reference path (dequantized blob, no KV cache);
+    /// `--kv`, `--act` and `--batch` do not apply.
     #[arg(long)]
     reference: bool,
     /// Tokenizer when the model has none.
@@ -107,6 +138,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     } else {
         run_reference(&a)
     }
+}
+
+/// The context capacity both paths use: `--ctx`, or prompt + tokens, at
+/// most the model's; the prompt must leave room for one token.
+fn context(a: &RunArgs, prompt_len: usize, max_seq_len: u32) -> anyhow::Result<usize> {
+    if prompt_len == 0 {
+        bail!("the prompt is empty");
+    }
+    let ctx = a
+        .ctx
+        .unwrap_or(prompt_len.saturating_add(a.tokens))
+        .min(max_seq_len as usize);
+    if prompt_len >= ctx {
+        bail!("the prompt ({prompt_len} tokens) does not fit --ctx {ctx}");
+    }
+    Ok(ctx)
 }
 
 fn parse_ids(s: &str) -> anyhow::Result<Vec<u32>> {
@@ -164,23 +211,22 @@ fn run_blob(a: &RunArgs) -> anyhow::Result<()> {
         },
         (None, None) => bail!("pass --prompt or --prompt-ids"),
     };
-    if ids.is_empty() {
-        bail!("the prompt is empty");
-    }
-    let ctx = a
-        .ctx
-        .unwrap_or(ids.len() + a.tokens)
-        .min(cfg.max_seq_len as usize);
-    if ids.len() >= ctx {
-        bail!("the prompt ({} tokens) does not fit --ctx {ctx}", ids.len());
-    }
+    let ctx = context(a, ids.len(), cfg.max_seq_len)?;
     let kv = KvDtype::from(a.kv);
-    let need = Runtime::arena_bytes_for_batch(&cfg, ctx, kv, a.batch);
+    let act = ActPrecision::from(a.act);
+    let opts = RuntimeOptions::new(kv)
+        .with_max_batch(a.batch)
+        .with_act(act);
+    let need = Runtime::arena_bytes_with(&cfg, ctx, opts);
     let mut arena = vec![0u8; need];
-    let mut rt = Runtime::with_batch(view, &mut arena, ctx, kv, a.batch)?;
+    let mut rt = Runtime::with_options(view, &mut arena, ctx, opts)?;
+    let kernel = match act {
+        ActPrecision::F32 => "f32 (portable)".to_string(),
+        _ => nq_core::kernels::selected().to_string(),
+    };
     eprintln!(
-        "runtime: {} kernel, ctx {ctx}, kv {}, prefill batch {}, arena {} bytes ({:.2} MiB)",
-        nq_core::kernels::selected(),
+        "runtime: {kernel} kernel, act {}, ctx {ctx}, kv {}, prefill batch {}, arena {} bytes ({:.2} MiB)",
+        act.name(),
         kv.name(),
         rt.batch(),
         need,
@@ -241,18 +287,26 @@ fn run_blob(a: &RunArgs) -> anyhow::Result<()> {
 
 fn run_reference(a: &RunArgs) -> anyhow::Result<()> {
     let loaded = nq_host::source::load(&a.model)?;
-    let tok =
-        nq_host::source::choose_tokenizer(&a.model, loaded.tokenizer, a.tokenizer.as_deref())?;
     let w = &loaded.weights;
-    let mut ids = match (&a.prompt_ids, &a.prompt) {
-        (Some(s), _) => parse_ids(s)?,
-        (None, Some(p)) => tok.encode(p).context("cannot tokenize the prompt")?,
-        (None, None) => bail!("pass --prompt or --prompt-ids"),
+    // Like the runtime path, token ids in and out need no tokenizer.
+    let tok = if a.prompt_ids.is_some() && a.print_ids && a.tokenizer.is_none() {
+        loaded.tokenizer
+    } else {
+        Some(nq_host::source::choose_tokenizer(
+            &a.model,
+            loaded.tokenizer,
+            a.tokenizer.as_deref(),
+        )?)
     };
-    if ids.is_empty() {
-        bail!("the prompt is empty");
+    let mut ids = match (&a.prompt_ids, &a.prompt, &tok) {
+        (Some(s), _, _) => parse_ids(s)?,
+        (None, Some(p), Some(t)) => t.encode(p).context("cannot tokenize the prompt")?,
+        _ => bail!("pass --prompt or --prompt-ids"),
+    };
+    if let Some(&t) = ids.iter().find(|&&t| t >= w.config.vocab_size) {
+        bail!("token id {t} is outside the vocabulary");
     }
-    let max = w.config.max_seq_len as usize;
+    let ctx = context(a, ids.len(), w.config.max_seq_len)?;
     let mut sampler = Sampler::new(SamplerConfig {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -263,34 +317,37 @@ fn run_reference(a: &RunArgs) -> anyhow::Result<()> {
     if !a.print_ids {
         write!(out, "{}", a.prompt.as_deref().unwrap_or(""))?;
     }
+    // The tokenizer that prints text (none with --print-ids).
+    let text_tok = tok.as_ref().filter(|_| !a.print_ids);
     let start = ids.len();
     let mut shown = ids.len();
     for _ in 0..a.tokens {
-        if ids.len() >= max {
+        if ids.len() >= ctx {
             break;
         }
         let mut logits = prefill(w, &ids)?;
         let next = sampler.sample(&mut logits);
-        if Some(next) == tok.eos_id() {
+        if Some(next) == tok.as_ref().map_or(w.config.eos_id, Tokenizer::eos_id) {
             break;
         }
         ids.push(next);
-        if a.print_ids {
+        let Some(t) = text_tok else {
             continue;
-        }
+        };
         // Print whole UTF-8 characters as they complete.
-        let text = tok.decode(&ids[shown..]);
+        let text = t.decode(&ids[shown..]);
         if !text.ends_with('\u{FFFD}') {
             write!(out, "{text}")?;
             out.flush()?;
             shown = ids.len();
         }
     }
-    if a.print_ids {
-        let s: Vec<String> = ids[start..].iter().map(u32::to_string).collect();
-        writeln!(out, "{}", s.join(","))?;
-    } else {
-        writeln!(out, "{}", tok.decode(&ids[shown..]))?;
+    match text_tok {
+        Some(t) => writeln!(out, "{}", t.decode(&ids[shown..]))?,
+        None => {
+            let s: Vec<String> = ids[start..].iter().map(u32::to_string).collect();
+            writeln!(out, "{}", s.join(","))?;
+        }
     }
     Ok(())
 }

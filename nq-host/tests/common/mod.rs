@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+#[allow(dead_code)]
+pub mod equivalence;
+
 /// The repository root.
 #[allow(dead_code)]
 pub fn workspace() -> PathBuf {
