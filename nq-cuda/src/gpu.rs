@@ -705,7 +705,7 @@ impl Gpu {
         heads: usize,
     ) -> Result<(), CudaError> {
         let width = x.len().checked_div(t).unwrap_or(0);
-        if t == 0 || heads == 0 || width % (2 * heads) != 0 {
+        if t == 0 || heads == 0 || !width.is_multiple_of(2 * heads) {
             return Err(CudaError::new("rope: shape does not match the buffer"));
         }
         let half = width / heads / 2;
@@ -741,7 +741,7 @@ impl Gpu {
         t: usize,
         (heads, kv_heads, d): (usize, usize, usize),
     ) -> Result<(), CudaError> {
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || d == 0 {
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || d == 0 {
             return Err(CudaError::new("attention: bad head configuration"));
         }
         shape(q.len(), t, heads * d)?;
