@@ -72,6 +72,27 @@ pub fn evaluate(
     ids: &[u32],
     ctx: usize,
     max_windows: Option<usize>,
+    progress: impl FnMut(usize, usize),
+) -> Result<EvalResult, ModelError> {
+    evaluate_with(
+        |window| forward(model, window, None),
+        model.config.vocab_size as usize,
+        ids,
+        ctx,
+        max_windows,
+        progress,
+    )
+}
+
+/// [`evaluate`] with any forward pass: `logits(window)` returns the
+/// `window.len() × vocab` logits of one independent sequence (the GPU
+/// model's, say).
+pub fn evaluate_with(
+    mut logits: impl FnMut(&[u32]) -> Result<Vec<f32>, ModelError>,
+    vocab: usize,
+    ids: &[u32],
+    ctx: usize,
+    max_windows: Option<usize>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<EvalResult, ModelError> {
     if ctx < 2 {
@@ -87,14 +108,20 @@ pub fn evaluate(
             ids.len()
         )));
     }
-    let vocab = model.config.vocab_size as usize;
     let start = std::time::Instant::now();
     let (mut nll, mut correct) = (0.0f64, 0usize);
     let mut per = Vec::with_capacity(n);
     for w in 0..n {
         let window = &ids[w * ctx..(w + 1) * ctx];
-        let logits = forward(model, window, None)?;
-        let (s, c) = score_window(&logits, window, vocab);
+        let l = logits(window)?;
+        if l.len() != window.len() * vocab {
+            return Err(ModelError::Config(format!(
+                "forward returned {} logits for {} tokens of a {vocab}-token vocabulary",
+                l.len(),
+                window.len()
+            )));
+        }
+        let (s, c) = score_window(&l, window, vocab);
         nll += s;
         correct += c;
         per.push(s);

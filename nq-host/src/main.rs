@@ -213,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         }) => {
             cli::set_threads(threads)?;
-            let device = use_device(device)?;
+            let (_, device) = use_device(device)?;
             if ctx < 2 {
                 bail!("--ctx must be at least 2");
             }
@@ -277,11 +277,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// command prints about it (with the reason when `auto` fell back to the
 /// CPU), for its summary: printed at once it would break the one-line
 /// error of a later input check.
-fn use_device(device: nq_host::backend::DeviceChoice) -> anyhow::Result<String> {
+fn use_device(
+    device: nq_host::backend::DeviceChoice,
+) -> anyhow::Result<(nq_host::backend::Compute, String)> {
     let (compute, notice) =
         nq_host::backend::select(device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     compute.install_offload();
-    Ok(notice.unwrap_or_else(|| compute.describe()))
+    let line = notice.unwrap_or_else(|| compute.describe());
+    Ok((compute, line))
 }
 
 fn bench_admm(
@@ -346,7 +349,7 @@ fn bench_admm(
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
     cli::set_threads(args.threads)?;
-    let device = use_device(args.device)?;
+    let (compute, device) = use_device(args.device)?;
     if args.ctx < 2 {
         bail!("--ctx must be at least 2");
     }
@@ -375,9 +378,25 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let available = ids.len() / args.ctx;
     let total = args.windows.map_or(available, |n| n.min(available));
     let bar = progress_bar(total as u64, args.json);
-    let r = nq_host::eval::evaluate(w, &ids, args.ctx, args.windows, |done, _| {
-        bar.set_position(done as u64)
-    })
+    let progress = |done: usize, _| bar.set_position(done as u64);
+    let r = match &compute {
+        // On a GPU the whole forward pass stays on the device.
+        nq_host::backend::Compute::Cuda(gpu) => {
+            let model = nq_host::backend::GpuModel::new(w, gpu.clone())?;
+            let vocab = w.config.vocab_size as usize;
+            nq_host::eval::evaluate_with(
+                |window| model.forward(window),
+                vocab,
+                &ids,
+                args.ctx,
+                args.windows,
+                progress,
+            )
+        }
+        nq_host::backend::Compute::Cpu => {
+            nq_host::eval::evaluate(w, &ids, args.ctx, args.windows, progress)
+        }
+    }
     .with_context(|| format!("cannot evaluate on {}", args.text.display()))?;
     bar.finish_and_clear();
     if args.json {

@@ -458,3 +458,39 @@ fn cuda_offloaded_products_match_cpu() {
     assert!(!g.gemm(&mut c, 2, &a, (4, 2), &b, (2, 1), (2, 2, 2), false));
     assert_eq!(c, [1.0; 4]);
 }
+
+/// The GPU forward pass (weights and activations on the device) gives the
+/// CPU reference's logits for every architecture, tied and untied heads.
+#[test]
+fn gpu_forward_matches_cpu_forward() {
+    use nq_host::backend::GpuModel;
+    use nq_host::model::synthetic::{random_model, tiny_config};
+    use nq_host::model::Arch;
+    let Some(g) = gpu() else { return };
+    let g = Arc::new(g);
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+        for tied in [false, true] {
+            let mut config = tiny_config(arch);
+            config.tied_embeddings = tied;
+            let w = random_model(config, 7);
+            let vocab = w.config.vocab_size;
+            let tokens: Vec<u32> = (0..37u32).map(|i| (i * 13 + 5) % vocab).collect();
+            let want = nq_host::model::forward::forward(&w, &tokens, None).unwrap();
+            let got = GpuModel::new(&w, g.clone())
+                .unwrap()
+                .forward(&tokens)
+                .unwrap();
+            let want64: Vec<f64> = want.iter().map(|&x| f64::from(x)).collect();
+            close(&got, &want64, 1e-4, "gpu logits");
+        }
+    }
+}
+
+/// `evaluate_with` refuses a forward pass that returns the wrong number of
+/// logits instead of scoring garbage.
+#[test]
+fn evaluate_with_checks_the_logit_count() {
+    let ids: Vec<u32> = (0..64).collect();
+    let r = nq_host::eval::evaluate_with(|_| Ok(vec![0.0; 3]), 100, &ids, 16, None, |_, _| {});
+    assert!(r.unwrap_err().to_string().contains("logits"));
+}

@@ -14,12 +14,14 @@
 
 mod cpu;
 mod cuda;
+mod gpu_model;
 
 use std::sync::Arc;
 
 pub(crate) use cpu::column_norms;
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
+pub use gpu_model::GpuModel;
 
 /// Which operand of a product is transposed (row-major; `c` is `m × n` and
 /// `k` the inner dimension).

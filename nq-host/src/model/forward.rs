@@ -37,6 +37,11 @@ impl RopeTable {
         Self { half, cos, sin }
     }
 
+    /// The angle tables, `len × D/2` each (position-major): `(cos, sin)`.
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates every head of `x` (`t × n_heads·D`, row `p` at position `p`)
     /// by its position's angles; `inverse` rotates backwards (the transpose,
     /// used by the backward pass).
