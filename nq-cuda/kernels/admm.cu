@@ -121,25 +121,29 @@ extern "C" __global__ void nq_svid_out(const float* x, const double* u, const do
 }
 
 extern "C" __global__ void nq_add(float* out, const float* a, const float* b, int n) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)n;
+         i += (size_t)gridDim.x * blockDim.x)
         out[i] = a[i] + b[i];
 }
 
 extern "C" __global__ void nq_sub(float* out, const float* a, const float* b, int n) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)n;
+         i += (size_t)gridDim.x * blockDim.x)
         out[i] = a[i] - b[i];
 }
 
 // rhs += ρ (z − u)
 extern "C" __global__ void nq_add_penalty(float* rhs, float rho, const float* z, const float* u,
                                           int n) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)n;
+         i += (size_t)gridDim.x * blockDim.x)
         rhs[i] += rho * (z[i] - u[i]);
 }
 
 // u += x − z
 extern "C" __global__ void nq_dual_update(float* u, const float* x, const float* z, int n) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)n;
+         i += (size_t)gridDim.x * blockDim.x)
         u[i] += x[i] - z[i];
 }
 

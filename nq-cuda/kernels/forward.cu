@@ -131,7 +131,8 @@ extern "C" __global__ void nq_attention(const float* q, const float* k, const fl
 
 // out = silu(g) ⊙ u.
 extern "C" __global__ void nq_silu_mul(float* out, const float* g, const float* u, int n) {
-    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) {
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (size_t)n;
+         e += (size_t)gridDim.x * blockDim.x) {
         float x = g[e];
         out[e] = x / (1.0f + expf(-x)) * u[e];
     }
@@ -139,6 +140,7 @@ extern "C" __global__ void nq_silu_mul(float* out, const float* g, const float* 
 
 // x += y.
 extern "C" __global__ void nq_add_assign(float* x, const float* y, int n) {
-    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x)
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (size_t)n;
+         e += (size_t)gridDim.x * blockDim.x)
         x[e] += y[e];
 }

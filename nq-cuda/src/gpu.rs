@@ -61,7 +61,8 @@ macro_rules! launch {
     }};
 }
 
-/// Threads per block of the reduction kernels (`NQ_BLOCK` in the sources).
+/// Threads per block of the reduction kernels: `NQ_BLOCK` / `NQ_FWD_BLOCK`
+/// in the sources (a power of two; a test checks they agree).
 const BLOCK: u32 = 256;
 
 /// cuSOLVER dense handle.
@@ -241,6 +242,11 @@ impl Gpu {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        if k == 0 {
+            // An empty inner dimension: c = 0 (cuBLAS would reject ld = 0).
+            return self.stream.memset_zeros(c).map_err(|e| err("memset", e));
+        }
+        self.bind()?;
         let int =
             |x: usize| i32::try_from(x).map_err(|_| CudaError::new("matmul: dimension over 2^31"));
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
@@ -291,6 +297,7 @@ impl Gpu {
         if m == 0 || n == 0 || k == 0 || ldc < n {
             return Ok(false);
         }
+        self.bind()?;
         // cuBLAS computes cᵀ (n × m, column-major, ld = ldc) = bᵀ · aᵀ.
         // bᵀ(j, p) = b(p, j) sits at p·rs + j·cs: column-major n × k with
         // ld = rs when cs = 1 (op N), or column-major k × n with ld = cs
@@ -354,8 +361,21 @@ impl Gpu {
         // cuBLAS reads (bᵀ, aᵀ with these ops and leading dimensions) and
         // writes (n × m with ld = ldc) lies inside the uploaded buffers.
         unsafe { self.blas.gemm(cfg, &db, &da, &mut dc) }.map_err(|e| err("cublasSgemm", e))?;
-        self.download(&dc, &mut c[..len_c])?;
+        // Into a temporary first: `c` changes only once everything worked,
+        // so a caller that falls back to the CPU after an error never sees
+        // (and accumulates onto) a half-written `c`.
+        let mut result = vec![0.0f32; len_c];
+        self.download(&dc, &mut result)?;
+        c[..len_c].copy_from_slice(&result);
         Ok(true)
+    }
+
+    /// Makes this device's context current on the calling thread: cuBLAS
+    /// and cuSOLVER (runtime-API libraries) use whatever context is current.
+    fn bind(&self) -> Result<(), CudaError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| err("bind context", e))
     }
 
     fn function(&self, name: &'static str) -> Result<&CudaFunction, CudaError> {
@@ -532,6 +552,7 @@ impl Gpu {
         }
         let ri = i32::try_from(r).map_err(|_| CudaError::new("rank over 2^31"))?;
         shape(r * r, r, r)?;
+        self.bind()?;
         let solver = self
             .solver
             .lock()
@@ -709,8 +730,10 @@ impl Gpu {
             return Err(CudaError::new("rope: shape does not match the buffer"));
         }
         let half = width / heads / 2;
-        if cos.len() < t * half || sin.len() < t * half {
-            return Err(CudaError::new("rope: angle tables too short"));
+        if cos.len() != t * half || sin.len() != t * half {
+            return Err(CudaError::new(
+                "rope: angle tables are not t × half for this head width",
+            ));
         }
         let (ti, hi) = shape(t * heads, t, heads)?;
         let half_i = i32::try_from(half).map_err(|_| CudaError::new("head too wide"))?;
@@ -807,6 +830,9 @@ impl Gpu {
 
 impl Drop for Gpu {
     fn drop(&mut self) {
+        // cuSOLVER is a runtime-API library: it uses the calling thread's
+        // current context, which must be ours.
+        let _ = self.ctx.bind_to_thread();
         if let Ok(mut s) = self.solver.lock() {
             if !s.0.is_null() {
                 // SAFETY: the handle was created in `open` and is destroyed
@@ -870,5 +896,22 @@ fn grid_stride(n: usize) -> LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BLOCK;
+    use crate::kernels;
+
+    #[test]
+    fn launch_block_size_matches_the_kernels_reduction_arrays() {
+        assert!(BLOCK.is_power_of_two());
+        assert!(kernels::ADMM
+            .source
+            .contains(&format!("#define NQ_BLOCK {BLOCK}\n")));
+        assert!(kernels::FORWARD
+            .source
+            .contains(&format!("#define NQ_FWD_BLOCK {BLOCK}\n")));
     }
 }
