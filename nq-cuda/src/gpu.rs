@@ -138,7 +138,7 @@ impl Gpu {
 
     fn open(info: DeviceInfo, precision: GemmPrecision) -> Result<Self, CudaError> {
         let (major, minor) = info.compute_capability;
-        let arch = (major * 10 + minor) as u32;
+        let arch = nvrtc::arch_for((major * 10 + minor) as u32)?;
         let ctx = CudaContext::new(info.ordinal).map_err(|e| err("CUDA context", e))?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS", e))?;

@@ -112,3 +112,19 @@ fn compile_errors_are_reported() {
     .unwrap_err();
     assert!(e.to_string().contains("undeclared"), "{e}");
 }
+
+/// The architecture choice: the device's own where NVRTC has it, the
+/// newest older one otherwise, an error below the oldest.
+#[test]
+fn arch_choice_follows_what_nvrtc_supports() {
+    if !nvrtc::available() && skip("libnvrtc") {
+        return;
+    }
+    let archs = nvrtc::supported_archs().unwrap();
+    assert!(archs.contains(&80) && archs.contains(&90), "{archs:?}");
+    assert_eq!(nvrtc::arch_for(90).unwrap(), 90);
+    assert_eq!(nvrtc::arch_for(91).unwrap(), 90);
+    let newest = *archs.last().unwrap();
+    assert_eq!(nvrtc::arch_for(newest + 100).unwrap(), newest);
+    assert!(nvrtc::arch_for(archs[0] - 1).is_err());
+}
