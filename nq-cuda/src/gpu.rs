@@ -822,6 +822,71 @@ impl Gpu {
         Ok(())
     }
 
+    /// Copies bytes (packed signs) to the device.
+    pub fn upload_bytes(&self, data: &[u8]) -> Result<CudaSlice<u8>, CudaError> {
+        self.stream.memcpy_stod(data).map_err(|e| err("upload", e))
+    }
+
+    /// `out[tok] = S · x[tok]` for `t` tokens, `S` a `rows × cols` sign
+    /// matrix packed in the blob's tile layout (`col_bytes` bytes per row,
+    /// FORMAT.md §6.1) on the device; `x` is `t × cols`, `out` `t × rows`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sign_matmul(
+        &self,
+        signs: &CudaSlice<u8>,
+        (rows, cols, col_bytes): (usize, usize, usize),
+        x: &Buf,
+        t: usize,
+        out: &mut Buf,
+    ) -> Result<(), CudaError> {
+        let tiles = rows.div_ceil(16);
+        if col_bytes * 8 < cols || signs.len() < tiles * 16 * col_bytes {
+            return Err(CudaError::new(
+                "sign_matmul: packed signs smaller than the shape",
+            ));
+        }
+        let (ti, ci) = shape(x.len(), t, cols)?;
+        let (_, ri) = shape(out.len(), t, rows)?;
+        let cb = i32::try_from(col_bytes).map_err(|_| CudaError::new("row too wide"))?;
+        if t == 0 || rows == 0 {
+            return Ok(());
+        }
+        if t > 65_535 {
+            return Err(CudaError::new(
+                "sign_matmul: more than 65535 tokens at once",
+            ));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: ((rows as u32).div_ceil(BLOCK), t as u32, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            "nq_sign_matmul",
+            cfg,
+            signs,
+            &ri,
+            &ci,
+            &cb,
+            x,
+            &ti,
+            out
+        );
+        Ok(())
+    }
+
+    /// `y[r][j] *= s[j]` for every row of `y` (`rows × s.len()`).
+    pub fn scale_columns(&self, y: &mut Buf, s: &Buf, rows: usize) -> Result<(), CudaError> {
+        let (r, n) = shape(y.len(), rows, s.len())?;
+        if y.is_empty() {
+            return Ok(());
+        }
+        let cfg = grid_stride(y.len());
+        launch!(self, "nq_scale_columns", cfg, y, s, &r, &n);
+        Ok(())
+    }
+
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.ctx.synchronize().map_err(|e| err("synchronize", e))

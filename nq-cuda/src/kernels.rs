@@ -49,8 +49,15 @@ pub const FORWARD: KernelSource = KernelSource {
     ],
 };
 
+/// Products with packed sign matrices (blob layout) and scale vectors.
+pub const SIGNS: KernelSource = KernelSource {
+    file: "signs.cu",
+    source: include_str!("../kernels/signs.cu"),
+    entry_points: &["nq_sign_matmul", "nq_scale_columns"],
+};
+
 /// Every kernel source of the crate.
-pub const ALL: &[KernelSource] = &[ADMM, FORWARD];
+pub const ALL: &[KernelSource] = &[ADMM, FORWARD, SIGNS];
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@ mod gpu;
 pub mod kernels;
 pub mod nvrtc;
 
+pub use cudarc::driver::CudaSlice;
 pub use gpu::{Buf, GemmPrecision, Gpu, Op};
 
 /// A CUDA failure, as one line for users.

@@ -382,7 +382,17 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let r = match &compute {
         // On a GPU the whole forward pass stays on the device.
         nq_host::backend::Compute::Cuda(gpu) => {
-            let model = nq_host::backend::GpuModel::new(w, gpu.clone())?;
+            // A blob keeps its packed layers on the device.
+            let bytes;
+            let model = if loaded.kind == nq_host::source::SourceKind::Blob {
+                bytes = std::fs::read(&args.model)
+                    .with_context(|| format!("cannot read {}", args.model.display()))?;
+                let view = nq_core::Blob::parse(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?;
+                nq_host::backend::GpuModel::from_blob(&view, gpu.clone())?
+            } else {
+                nq_host::backend::GpuModel::new(w, gpu.clone())?
+            };
             let vocab = w.config.vocab_size as usize;
             nq_host::eval::evaluate_with(
                 |window| model.forward(window),

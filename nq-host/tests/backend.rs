@@ -494,3 +494,34 @@ fn evaluate_with_checks_the_logit_count() {
     let r = nq_host::eval::evaluate_with(|_| Ok(vec![0.0; 3]), 100, &ids, 16, None, |_, _| {});
     assert!(r.unwrap_err().to_string().contains("logits"));
 }
+
+/// A blob on the GPU, its factorized layers packed (`signs.cu`), gives the
+/// logits of the CPU forward on the blob's dequantized weights.
+#[test]
+fn gpu_blob_forward_matches_dequantized_cpu_forward() {
+    use nq_host::backend::GpuModel;
+    use nq_host::model::synthetic::tiny_config;
+    use nq_host::model::Arch;
+    use nq_host::quant::export::{dequantize_blob, EmbedFormat};
+    use nq_host::quant::synthetic_blob::synthetic_blob;
+    let Some(g) = gpu() else { return };
+    let g = Arc::new(g);
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+        for (tied, embed) in [(false, EmbedFormat::F16), (true, EmbedFormat::Q8)] {
+            let mut config = tiny_config(arch);
+            config.tied_embeddings = tied;
+            let bytes = synthetic_blob(config, 3, 1.0, embed, 10).unwrap();
+            let view = nq_core::Blob::parse(&bytes).unwrap();
+            let w = dequantize_blob(&view).unwrap();
+            let vocab = w.config.vocab_size;
+            let tokens: Vec<u32> = (0..29u32).map(|i| (i * 7 + 2) % vocab).collect();
+            let want = nq_host::model::forward::forward(&w, &tokens, None).unwrap();
+            let got = GpuModel::from_blob(&view, g.clone())
+                .unwrap()
+                .forward(&tokens)
+                .unwrap();
+            let want64: Vec<f64> = want.iter().map(|&x| f64::from(x)).collect();
+            close(&got, &want64, 1e-4, "gpu blob logits");
+        }
+    }
+}

@@ -114,11 +114,11 @@ pub enum DequantError {
     Model(#[from] ModelError),
 }
 
-fn dense_vec(t: &DenseTensor<&[u8]>) -> Vec<f32> {
+pub(crate) fn dense_vec(t: &DenseTensor<&[u8]>) -> Vec<f32> {
     (0..t.len()).map(|k| t.get_flat(k)).collect()
 }
 
-fn embedding_matrix(e: &Embedding<'_>) -> Matrix {
+pub(crate) fn embedding_matrix(e: &Embedding<'_>) -> Matrix {
     let (rows, cols) = (e.rows(), e.cols());
     let mut data = vec![0.0f32; rows * cols];
     data.par_chunks_mut(cols)
