@@ -358,18 +358,30 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let text = nq_host::tokenizer::read_text_for_eval(&args.text)
         .with_context(|| format!("cannot read {}", args.text.display()))?;
-    let loaded = nq_host::source::load(&args.model)?;
-    let tokenizer = nq_host::source::choose_tokenizer(
-        &args.model,
-        loaded.tokenizer,
-        args.tokenizer.as_deref(),
-    )?;
-    let w = &loaded.weights;
-    if tokenizer.vocab_size() > w.config.vocab_size as usize {
+    use nq_host::backend::{Compute, GpuModel};
+    use nq_host::source::SourceKind;
+    let kind = nq_host::source::detect(&args.model)?;
+    // A blob evaluated on a GPU is never expanded to f32 on the host: its
+    // packed layers go to the device as they are.
+    let (loaded, packed) = match (&compute, kind) {
+        (Compute::Cuda(_), SourceKind::Blob) => {
+            let (bytes, config, tok) = nq_host::source::load_blob_packed(&args.model)?;
+            (None, Some((bytes, config, tok)))
+        }
+        _ => (Some(nq_host::source::load(&args.model)?), None),
+    };
+    let (config, shipped) = match (&loaded, &packed) {
+        (Some(l), _) => (l.weights.config, l.tokenizer.clone()),
+        (None, Some((_, c, t))) => (*c, t.clone()),
+        (None, None) => unreachable!("one of the two is loaded"),
+    };
+    let tokenizer =
+        nq_host::source::choose_tokenizer(&args.model, shipped, args.tokenizer.as_deref())?;
+    if tokenizer.vocab_size() > config.vocab_size as usize {
         bail!(
             "tokenizer has {} tokens but the model's vocabulary is {}",
             tokenizer.vocab_size(),
-            w.config.vocab_size
+            config.vocab_size
         );
     }
     let ids = tokenizer
@@ -379,21 +391,13 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let total = args.windows.map_or(available, |n| n.min(available));
     let bar = progress_bar(total as u64, args.json);
     let progress = |done: usize, _| bar.set_position(done as u64);
-    let r = match &compute {
+    let vocab = config.vocab_size as usize;
+    let r = match (&compute, &loaded, &packed) {
         // On a GPU the whole forward pass stays on the device.
-        nq_host::backend::Compute::Cuda(gpu) => {
-            // A blob keeps its packed layers on the device.
-            let bytes;
-            let model = if loaded.kind == nq_host::source::SourceKind::Blob {
-                bytes = std::fs::read(&args.model)
-                    .with_context(|| format!("cannot read {}", args.model.display()))?;
-                let view = nq_core::Blob::parse(&bytes)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?;
-                nq_host::backend::GpuModel::from_blob(&view, gpu.clone())?
-            } else {
-                nq_host::backend::GpuModel::new(w, gpu.clone())?
-            };
-            let vocab = w.config.vocab_size as usize;
+        (Compute::Cuda(gpu), _, Some((bytes, _, _))) => {
+            let view = nq_core::Blob::parse(bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?;
+            let model = GpuModel::from_blob(&view, gpu.clone())?;
             nq_host::eval::evaluate_with(
                 |window| model.forward(window),
                 vocab,
@@ -403,9 +407,21 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
                 progress,
             )
         }
-        nq_host::backend::Compute::Cpu => {
-            nq_host::eval::evaluate(w, &ids, args.ctx, args.windows, progress)
+        (Compute::Cuda(gpu), Some(l), None) => {
+            let model = GpuModel::new(&l.weights, gpu.clone())?;
+            nq_host::eval::evaluate_with(
+                |window| model.forward(window),
+                vocab,
+                &ids,
+                args.ctx,
+                args.windows,
+                progress,
+            )
         }
+        (Compute::Cpu, Some(l), _) => {
+            nq_host::eval::evaluate(&l.weights, &ids, args.ctx, args.windows, progress)
+        }
+        _ => unreachable!("a CPU run always loads the weights"),
     }
     .with_context(|| format!("cannot evaluate on {}", args.text.display()))?;
     bar.finish_and_clear();
@@ -415,7 +431,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         println!(
             "model {} ({}), text {}",
             args.model.display(),
-            loaded.kind.name(),
+            kind.name(),
             args.text.display()
         );
         println!(

@@ -178,6 +178,30 @@ pub fn load(path: &Path) -> Result<Loaded, SourceError> {
     }
 }
 
+/// A blob read and checked but not dequantized: its bytes (parse them with
+/// `nq_core::Blob::parse`, which cannot fail on them now), its config and
+/// its tokenizer, if it stores one. For consumers that run the packed
+/// layers themselves (the GPU evaluator).
+pub fn load_blob_packed(
+    path: &Path,
+) -> Result<(Vec<u8>, nq_core::ModelConfig, Option<Tokenizer>), SourceError> {
+    let p = || path.to_path_buf();
+    let bytes = std::fs::read(path).map_err(|error| SourceError::Io { path: p(), error })?;
+    let blob_err = |error| SourceError::Blob { path: p(), error };
+    let view = nq_core::Blob::parse(&bytes).map_err(|e| blob_err(e.into()))?;
+    view.verify().map_err(|e| blob_err(e.into()))?;
+    let config = *view.config();
+    let tokenizer = match export::blob_tokenizer_json(&view).map_err(|e| blob_err(e.into()))? {
+        Some(json) => Some(
+            Tokenizer::from_json_bytes(json)
+                .map_err(|error| SourceError::Tokenizer { path: p(), error })?
+                .with_special_ids(config.bos_id, config.eos_id),
+        ),
+        None => None,
+    };
+    Ok((bytes, config, tokenizer))
+}
+
 fn load_blob(path: &Path) -> Result<Loaded, SourceError> {
     let p = || path.to_path_buf();
     let bytes = std::fs::read(path).map_err(|error| SourceError::Io { path: p(), error })?;

@@ -495,7 +495,7 @@ fn evaluate_with_checks_the_logit_count() {
     assert!(r.unwrap_err().to_string().contains("logits"));
 }
 
-/// A blob on the GPU, its factorized layers packed (`signs.cu`), gives the
+/// A blob on the GPU, its factorized or binary layers packed (`signs.cu`), gives the
 /// logits of the CPU forward on the blob's dequantized weights.
 #[test]
 fn gpu_blob_forward_matches_dequantized_cpu_forward() {
@@ -510,18 +510,37 @@ fn gpu_blob_forward_matches_dequantized_cpu_forward() {
         for (tied, embed) in [(false, EmbedFormat::F16), (true, EmbedFormat::Q8)] {
             let mut config = tiny_config(arch);
             config.tied_embeddings = tied;
-            let bytes = synthetic_blob(config, 3, 1.0, embed, 10).unwrap();
-            let view = nq_core::Blob::parse(&bytes).unwrap();
-            let w = dequantize_blob(&view).unwrap();
-            let vocab = w.config.vocab_size;
-            let tokens: Vec<u32> = (0..29u32).map(|i| (i * 7 + 2) % vocab).collect();
-            let want = nq_host::model::forward::forward(&w, &tokens, None).unwrap();
-            let got = GpuModel::from_blob(&view, g.clone())
-                .unwrap()
-                .forward(&tokens)
-                .unwrap();
-            let want64: Vec<f64> = want.iter().map(|&x| f64::from(x)).collect();
-            close(&got, &want64, 1e-4, "gpu blob logits");
+            // Factorized layers (nanoquant), then full-rank binary ones
+            // (arb-rc).
+            let binary = {
+                use nq_host::quant::pipeline::{quantize_linears, QuantizeOptions};
+                let w = nq_host::model::synthetic::random_model(config, 3);
+                let opts = QuantizeOptions {
+                    method: Method::ArbRc,
+                    bpw: 1.0,
+                    rank_multiple: 2,
+                    admm: AdmmOptions::default(),
+                    compute: Compute::Cpu,
+                };
+                let q = quantize_linears(&w, None, &opts, |_| {}).unwrap();
+                nq_host::quant::export::build_blob(&w, q.payloads, embed, None, None)
+                    .unwrap()
+                    .to_bytes()
+                    .unwrap()
+            };
+            for bytes in [synthetic_blob(config, 3, 1.0, embed, 10).unwrap(), binary] {
+                let view = nq_core::Blob::parse(&bytes).unwrap();
+                let w = dequantize_blob(&view).unwrap();
+                let vocab = w.config.vocab_size;
+                let tokens: Vec<u32> = (0..29u32).map(|i| (i * 7 + 2) % vocab).collect();
+                let want = nq_host::model::forward::forward(&w, &tokens, None).unwrap();
+                let got = GpuModel::from_blob(&view, g.clone())
+                    .unwrap()
+                    .forward(&tokens)
+                    .unwrap();
+                let want64: Vec<f64> = want.iter().map(|&x| f64::from(x)).collect();
+                close(&got, &want64, 1e-4, "gpu blob logits");
+            }
         }
     }
 }
