@@ -66,6 +66,11 @@ class Run:
         self.report_path, self.eval_path = report_path, eval_path
         self.method = str(need(r, "method", report_path))
         self.recipe = str(r.get("recipe") or "")
+        recon = r.get("recon") or {}
+        epochs = (recon.get("comp_epochs"), recon.get("ste_epochs"))
+        if recon and epochs != (1, 1):
+            # The cpu preset trains 1 + 1 epochs; name any other count.
+            self.recipe += f", {epochs[0]} + {epochs[1]} epochs"
         self.target_bpw = r.get("target_bpw")
         self.linear_bpw = float(need(r, "decoder_linear_bpw", report_path))
         self.file_bytes = r.get("file_bytes")
