@@ -144,13 +144,28 @@ impl<S: AsRef<[u8]>> BinaryLinear<S> {
         y: &mut [f32],
         scratch: &mut [f32],
     ) {
+        let need = self.forward_scratch_len(batch);
+        self.run(x, batch, y, scratch, need, |signs, z, out, rest| {
+            sign_product(kernel, signs, z, batch, out, rest)
+        });
+    }
+
+    /// The shared body of [`forward_with`](Self::forward_with) and
+    /// [`forward_f32`](Self::forward_f32): checks, scales, the sign product
+    /// through `product(signs, input, output, scratch)`, epilogue.
+    fn run(
+        &self,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        scratch: &mut [f32],
+        need: usize,
+        product: impl Fn(&SignMatrix<&[u8]>, &[f32], &mut [f32], &mut [f32]),
+    ) {
         let (m, n) = (self.out_features(), self.in_features());
         assert_eq!(x.len(), batch * n, "input length");
         assert_eq!(y.len(), batch * m, "output length");
-        assert!(
-            scratch.len() >= self.forward_scratch_len(batch),
-            "scratch length"
-        );
+        assert!(scratch.len() >= need, "scratch length");
         if batch == 0 {
             return;
         }
@@ -165,7 +180,7 @@ impl<S: AsRef<[u8]>> BinaryLinear<S> {
             (&mut *s_col, &mut *s_row, &mut *bias),
         );
         super::scale_columns(x, s_col, z, n);
-        sign_product(kernel, &self.signs.as_view(), z, batch, y, rest);
+        product(&self.signs.as_view(), z, y, rest);
         super::scale_rows_add_bias(y, s_row, bias, m);
     }
 
@@ -184,29 +199,10 @@ impl<S: AsRef<[u8]>> BinaryLinear<S> {
     /// If `x.len() != batch · n`, `y.len() != batch · m` or `scratch` is
     /// shorter than [`forward_f32_scratch_len`](Self::forward_f32_scratch_len).
     pub fn forward_f32(&self, x: &[f32], batch: usize, y: &mut [f32], scratch: &mut [f32]) {
-        let (m, n) = (self.out_features(), self.in_features());
-        assert_eq!(x.len(), batch * n, "input length");
-        assert_eq!(y.len(), batch * m, "output length");
-        assert!(
-            scratch.len() >= self.forward_f32_scratch_len(batch),
-            "scratch length"
-        );
-        if batch == 0 {
-            return;
-        }
-        let (s_col, rest) = scratch.split_at_mut(n);
-        let (s_row, rest) = rest.split_at_mut(m);
-        let (bias, rest) = rest.split_at_mut(m);
-        let (z, rest) = rest.split_at_mut(batch * n);
-        super::unpack_scales(
-            &self.s_col,
-            &self.s_row,
-            self.bias.as_ref(),
-            (&mut *s_col, &mut *s_row, &mut *bias),
-        );
-        super::scale_columns(x, s_col, z, n);
-        sign_product_f32(&self.signs.as_view(), z, batch, y, rest);
-        super::scale_rows_add_bias(y, s_row, bias, m);
+        let need = self.forward_f32_scratch_len(batch);
+        self.run(x, batch, y, scratch, need, |signs, z, out, rest| {
+            sign_product_f32(signs, z, batch, out, rest)
+        });
     }
 
     /// Writes the dense `m × n` matrix this layer represents (row-major).

@@ -169,13 +169,28 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
         y: &mut [f32],
         scratch: &mut [f32],
     ) {
+        let need = self.forward_scratch_len(batch);
+        self.run(x, batch, y, scratch, need, |signs, z, out, rest| {
+            sign_product(kernel, signs, z, batch, out, rest)
+        });
+    }
+
+    /// The shared body of [`forward_with`](Self::forward_with) and
+    /// [`forward_f32`](Self::forward_f32): checks, scales, the two sign
+    /// products through `product(signs, input, output, scratch)`, epilogue.
+    fn run(
+        &self,
+        x: &[f32],
+        batch: usize,
+        y: &mut [f32],
+        scratch: &mut [f32],
+        need: usize,
+        product: impl Fn(&SignMatrix<&[u8]>, &[f32], &mut [f32], &mut [f32]),
+    ) {
         let (m, n, r) = (self.out_features(), self.in_features(), self.rank());
         assert_eq!(x.len(), batch * n, "input length");
         assert_eq!(y.len(), batch * m, "output length");
-        assert!(
-            scratch.len() >= self.forward_scratch_len(batch),
-            "scratch length"
-        );
+        assert!(scratch.len() >= need, "scratch length");
         if batch == 0 {
             return;
         }
@@ -191,8 +206,8 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
             (&mut *s_pre, &mut *s_post, &mut *bias),
         );
         super::scale_columns(x, s_pre, z, n);
-        sign_product(kernel, &self.v.as_view(), z, batch, t, rest);
-        sign_product(kernel, &self.u.as_view(), t, batch, y, rest);
+        product(&self.v.as_view(), z, t, rest);
+        product(&self.u.as_view(), t, y, rest);
         super::scale_rows_add_bias(y, s_post, bias, m);
     }
 
@@ -214,31 +229,10 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
     /// If `x.len() != batch · n`, `y.len() != batch · m` or `scratch` is
     /// shorter than [`forward_f32_scratch_len`](Self::forward_f32_scratch_len).
     pub fn forward_f32(&self, x: &[f32], batch: usize, y: &mut [f32], scratch: &mut [f32]) {
-        let (m, n, r) = (self.out_features(), self.in_features(), self.rank());
-        assert_eq!(x.len(), batch * n, "input length");
-        assert_eq!(y.len(), batch * m, "output length");
-        assert!(
-            scratch.len() >= self.forward_f32_scratch_len(batch),
-            "scratch length"
-        );
-        if batch == 0 {
-            return;
-        }
-        let (s_pre, rest) = scratch.split_at_mut(n);
-        let (s_post, rest) = rest.split_at_mut(m);
-        let (bias, rest) = rest.split_at_mut(m);
-        let (z, rest) = rest.split_at_mut(batch * n);
-        let (t, rest) = rest.split_at_mut(batch * r);
-        super::unpack_scales(
-            &self.s_pre,
-            &self.s_post,
-            self.bias.as_ref(),
-            (&mut *s_pre, &mut *s_post, &mut *bias),
-        );
-        super::scale_columns(x, s_pre, z, n);
-        sign_product_f32(&self.v.as_view(), z, batch, t, rest);
-        sign_product_f32(&self.u.as_view(), t, batch, y, rest);
-        super::scale_rows_add_bias(y, s_post, bias, m);
+        let need = self.forward_f32_scratch_len(batch);
+        self.run(x, batch, y, scratch, need, |signs, z, out, rest| {
+            sign_product_f32(signs, z, batch, out, rest)
+        });
     }
 
     /// Writes the dense `m × n` matrix this layer represents (row-major).
