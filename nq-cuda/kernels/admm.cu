@@ -7,21 +7,6 @@
 // backend accumulates in f64 are accumulated in f64 here too, so the two
 // backends agree to f32 rounding.
 
-#define NQ_BLOCK 256
-
-// Sum of `v` over the block (blockDim.x == NQ_BLOCK); every thread gets it.
-__device__ double nq_block_sum(double v, double* sh) {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    double total = sh[0];
-    __syncthreads();
-    return total;
-}
-
 __device__ float nq_sign1(float x) { return x < 0.0f ? -1.0f : 1.0f; }
 
 // Each row of x scaled to unit Euclidean norm (zero rows stay zero).

@@ -4,32 +4,6 @@
 // kernel computes what nq-host's CPU forward (model/forward.rs) computes,
 // with the same f64 sums where the CPU uses them.
 
-#define NQ_FWD_BLOCK 256
-
-__device__ double nq_fwd_block_sum(double v, double* sh) {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    double total = sh[0];
-    __syncthreads();
-    return total;
-}
-
-__device__ float nq_fwd_block_max(float v, float* sh) {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + s]);
-        __syncthreads();
-    }
-    float m = sh[0];
-    __syncthreads();
-    return m;
-}
-
 // o = xr / rms(xr) ⊙ w for one row of d, by the whole block (o may be xr:
 // every element is read before the block-wide sum and written after it by
 // the same thread).
@@ -37,7 +11,7 @@ __device__ void nq_rmsnorm_row(const float* xr, const float* w, float* o, int d,
                                double* sh) {
     double acc = 0.0;
     for (int j = threadIdx.x; j < d; j += blockDim.x) acc += (double)xr[j] * (double)xr[j];
-    double ms = nq_fwd_block_sum(acc, sh) / d;
+    double ms = nq_block_sum(acc, sh) / d;
     float inv = (float)(1.0 / sqrt(ms + (double)eps));
     for (int j = threadIdx.x; j < d; j += blockDim.x) o[j] = xr[j] * inv * w[j];
 }
@@ -45,7 +19,7 @@ __device__ void nq_rmsnorm_row(const float* xr, const float* w, float* o, int d,
 // out[r] = x[r] / rms(x[r]) ⊙ w, rows of d. One block per row.
 extern "C" __global__ void nq_rmsnorm(const float* x, const float* w, float* out, int rows, int d,
                                       float eps) {
-    __shared__ double sh[NQ_FWD_BLOCK];
+    __shared__ double sh[NQ_BLOCK];
     int row = blockIdx.x;
     if (row >= rows) return;
     nq_rmsnorm_row(x + (size_t)row * d, w, out + (size_t)row * d, d, eps, sh);
@@ -54,7 +28,7 @@ extern "C" __global__ void nq_rmsnorm(const float* x, const float* w, float* out
 // The same in place (qwen3's per-head q/k norms: rows = tokens · heads).
 extern "C" __global__ void nq_rmsnorm_inplace(float* x, const float* w, int rows, int d,
                                               float eps) {
-    __shared__ double sh[NQ_FWD_BLOCK];
+    __shared__ double sh[NQ_BLOCK];
     int row = blockIdx.x;
     if (row >= rows) return;
     nq_rmsnorm_row(x + (size_t)row * d, w, x + (size_t)row * d, d, eps, sh);
@@ -94,8 +68,8 @@ extern "C" __global__ void nq_attention(const float* q, const float* k, const fl
                                         float* out, int t, int heads, int kv_heads, int d,
                                         float scale) {
     extern __shared__ float scores[];
-    __shared__ float shf[NQ_FWD_BLOCK];
-    __shared__ double shd[NQ_FWD_BLOCK];
+    __shared__ float shf[NQ_BLOCK];
+    __shared__ double shd[NQ_BLOCK];
     int head = blockIdx.x % heads;
     int i = blockIdx.x / heads;
     if (i >= t) return;
@@ -111,14 +85,14 @@ extern "C" __global__ void nq_attention(const float* q, const float* k, const fl
         scores[j] = s;
         local_max = fmaxf(local_max, s);
     }
-    float m = nq_fwd_block_max(local_max, shf);
+    float m = nq_block_max(local_max, shf);
     double local_sum = 0.0;
     for (int j = threadIdx.x; j <= i; j += blockDim.x) {
         float e = expf(scores[j] - m);
         scores[j] = e;
         local_sum += (double)e;
     }
-    float norm = (float)(1.0 / nq_fwd_block_sum(local_sum, shd));
+    float norm = (float)(1.0 / nq_block_sum(local_sum, shd));
     for (int j = threadIdx.x; j <= i; j += blockDim.x) scores[j] *= norm;
     __syncthreads();
     float* oi = out + (size_t)i * qd + (size_t)head * d;

@@ -61,8 +61,8 @@ macro_rules! launch {
     }};
 }
 
-/// Threads per block of the reduction kernels: `NQ_BLOCK` / `NQ_FWD_BLOCK`
-/// in the sources (a power of two; a test checks they agree).
+/// Threads per block of the reduction kernels: `NQ_BLOCK` in
+/// `kernels/common.cuh` (a power of two; a test checks they agree).
 const BLOCK: u32 = 256;
 
 /// cuSOLVER dense handle.
@@ -972,11 +972,9 @@ mod tests {
     #[test]
     fn launch_block_size_matches_the_kernels_reduction_arrays() {
         assert!(BLOCK.is_power_of_two());
-        assert!(kernels::ADMM
-            .source
-            .contains(&format!("#define NQ_BLOCK {BLOCK}\n")));
-        assert!(kernels::FORWARD
-            .source
-            .contains(&format!("#define NQ_FWD_BLOCK {BLOCK}\n")));
+        assert!(kernels::COMMON.contains(&format!("#define NQ_BLOCK {BLOCK}\n")));
+        assert!(kernels::ALL
+            .iter()
+            .all(|k| k.source.starts_with(kernels::COMMON)));
     }
 }

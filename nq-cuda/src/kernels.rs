@@ -6,16 +6,28 @@
 pub struct KernelSource {
     /// File name under `nq-cuda/kernels/`.
     pub file: &'static str,
-    /// CUDA C source.
+    /// CUDA C source (with `kernels/common.cuh` in front).
     pub source: &'static str,
     /// The `extern "C"` entry points it defines.
     pub entry_points: &'static [&'static str],
 }
 
+/// A kernel file with `kernels/common.cuh` (block size, block reductions)
+/// in front of it.
+macro_rules! with_common {
+    ($file:literal) => {
+        concat!(include_str!("../kernels/common.cuh"), include_str!($file))
+    };
+}
+
+/// The shared prelude, for the block-size check.
+#[cfg(test)]
+pub(crate) const COMMON: &str = include_str!("../kernels/common.cuh");
+
 /// ADMM's element-wise and reduction steps.
 pub const ADMM: KernelSource = KernelSource {
     file: "admm.cu",
-    source: include_str!("../kernels/admm.cu"),
+    source: with_common!("../kernels/admm.cu"),
     entry_points: &[
         "nq_normalize_rows",
         "nq_column_sumsq",
@@ -37,7 +49,7 @@ pub const ADMM: KernelSource = KernelSource {
 /// The element-wise parts of the transformer forward pass.
 pub const FORWARD: KernelSource = KernelSource {
     file: "forward.cu",
-    source: include_str!("../kernels/forward.cu"),
+    source: with_common!("../kernels/forward.cu"),
     entry_points: &[
         "nq_rmsnorm",
         "nq_rmsnorm_inplace",
@@ -52,7 +64,7 @@ pub const FORWARD: KernelSource = KernelSource {
 /// Products with packed sign matrices (blob layout) and scale vectors.
 pub const SIGNS: KernelSource = KernelSource {
     file: "signs.cu",
-    source: include_str!("../kernels/signs.cu"),
+    source: with_common!("../kernels/signs.cu"),
     entry_points: &["nq_sign_matmul", "nq_scale_columns"],
 };
 
