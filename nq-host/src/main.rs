@@ -363,17 +363,16 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let kind = nq_host::source::detect(&args.model)?;
     // A blob evaluated on a GPU is never expanded to f32 on the host: its
     // packed layers go to the device as they are.
-    let (loaded, packed) = match (&compute, kind) {
+    let (weights, blob, config, shipped) = match (&compute, kind) {
         (Compute::Cuda(_), SourceKind::Blob) => {
             let (bytes, config, tok) = nq_host::source::load_blob_packed(&args.model)?;
-            (None, Some((bytes, config, tok)))
+            (None, Some(bytes), config, tok)
         }
-        _ => (Some(nq_host::source::load(&args.model)?), None),
-    };
-    let (config, shipped) = match (&loaded, &packed) {
-        (Some(l), _) => (l.weights.config, l.tokenizer.clone()),
-        (None, Some((_, c, t))) => (*c, t.clone()),
-        (None, None) => unreachable!("one of the two is loaded"),
+        _ => {
+            let l = nq_host::source::load(&args.model)?;
+            let config = l.weights.config;
+            (Some(l.weights), None, config, l.tokenizer)
+        }
     };
     let tokenizer =
         nq_host::source::choose_tokenizer(&args.model, shipped, args.tokenizer.as_deref())?;
@@ -392,36 +391,27 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let bar = progress_bar(total as u64, args.json);
     let progress = |done: usize, _| bar.set_position(done as u64);
     let vocab = config.vocab_size as usize;
-    let r = match (&compute, &loaded, &packed) {
-        // On a GPU the whole forward pass stays on the device.
-        (Compute::Cuda(gpu), _, Some((bytes, _, _))) => {
+    // On a GPU the whole forward pass stays on the device.
+    let gpu_model = match (&compute, &weights, &blob) {
+        (Compute::Cuda(gpu), _, Some(bytes)) => {
             let view = nq_core::Blob::parse(bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?;
-            let model = GpuModel::from_blob(&view, gpu.clone())?;
-            nq_host::eval::evaluate_with(
-                |window| model.forward(window),
-                vocab,
-                &ids,
-                args.ctx,
-                args.windows,
-                progress,
-            )
+            Some(GpuModel::from_blob(&view, gpu.clone())?)
         }
-        (Compute::Cuda(gpu), Some(l), None) => {
-            let model = GpuModel::new(&l.weights, gpu.clone())?;
-            nq_host::eval::evaluate_with(
-                |window| model.forward(window),
-                vocab,
-                &ids,
-                args.ctx,
-                args.windows,
-                progress,
-            )
-        }
-        (Compute::Cpu, Some(l), _) => {
-            nq_host::eval::evaluate(&l.weights, &ids, args.ctx, args.windows, progress)
-        }
-        _ => unreachable!("a CPU run always loads the weights"),
+        (Compute::Cuda(gpu), Some(w), None) => Some(GpuModel::new(w, gpu.clone())?),
+        _ => None,
+    };
+    let r = match (&gpu_model, &weights) {
+        (Some(model), _) => nq_host::eval::evaluate_with(
+            |window| model.forward(window),
+            vocab,
+            &ids,
+            args.ctx,
+            args.windows,
+            progress,
+        ),
+        (None, Some(w)) => nq_host::eval::evaluate(w, &ids, args.ctx, args.windows, progress),
+        (None, None) => unreachable!("a CPU run always loads the weights"),
     }
     .with_context(|| format!("cannot evaluate on {}", args.text.display()))?;
     bar.finish_and_clear();

@@ -20,7 +20,7 @@ use nq_core::{BlobView, SignMatrix};
 use nq_cuda::{Buf, CudaError, Gpu, Op};
 
 use super::CudaBackend;
-use crate::model::forward::RopeTable;
+use crate::model::forward::{embed_rows, RopeTable};
 use crate::model::{Matrix, ModelConfig, ModelError, ModelWeights};
 use crate::quant::export::{dense_vec, embedding_matrix, linear_to_dense};
 
@@ -262,22 +262,6 @@ impl<'w> GpuModel<'w> {
         })
     }
 
-    /// Token embeddings of `tokens` (`t × d`), gathered on the host.
-    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-        let d = self.config.d_model as usize;
-        let mut x = Vec::with_capacity(tokens.len() * d);
-        for &tok in tokens {
-            if tok >= self.config.vocab_size {
-                return Err(ModelError::Config(format!(
-                    "token id {tok} is outside the vocabulary ({})",
-                    self.config.vocab_size
-                )));
-            }
-            x.extend_from_slice(self.embd.row(tok as usize));
-        }
-        Ok(x)
-    }
-
     /// Logits (`t × vocab`) of one sequence from position 0, as
     /// [`crate::model::forward::forward`] without a tape.
     pub fn forward(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
@@ -285,7 +269,7 @@ impl<'w> GpuModel<'w> {
         if t == 0 {
             return Err(ModelError::Config("empty token sequence".into()));
         }
-        let x = self.embed(tokens)?;
+        let x = embed_rows(&self.embd, tokens)?;
         self.run(&x, t).map_err(dev)
     }
 

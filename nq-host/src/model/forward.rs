@@ -318,16 +318,22 @@ pub fn block_forward(
 
 /// Token embeddings for `tokens` (`t × d`).
 pub fn embed(w: &ModelWeights, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-    let d = w.config.d_model as usize;
+    embed_rows(&w.token_embd, tokens)
+}
+
+/// The rows of `table` (`vocab × d`) for `tokens`, `t × d`; an id outside
+/// the table is an error.
+pub fn embed_rows(table: &Matrix, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+    let d = table.cols;
     let mut x = vec![0.0f32; tokens.len() * d];
     for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
-        if tok >= w.config.vocab_size {
+        if tok as usize >= table.rows {
             return Err(ModelError::Config(format!(
                 "token id {tok} is outside the vocabulary ({})",
-                w.config.vocab_size
+                table.rows
             )));
         }
-        row.copy_from_slice(w.token_embd.row(tok as usize));
+        row.copy_from_slice(table.row(tok as usize));
     }
     Ok(x)
 }
