@@ -49,7 +49,8 @@ enum Command {
     Convert(ConvertArgs),
     /// Quantize a checkpoint to a binary / sub-1-bit blob.
     Quantize(Box<cli::quantize::QuantizeArgs>),
-    /// Generate a continuation of a prompt (host, f32; blobs dequantized).
+    /// Generate a continuation of a prompt: blobs through the nq-core runtime
+    /// (what a device runs), checkpoints through the f32 host model.
     Run(cli::generate::RunArgs),
     /// Benchmarks (not tests): the FP32 reference model, the ADMM
     /// factorization per device.

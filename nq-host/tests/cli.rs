@@ -347,6 +347,18 @@ fn run_and_footprint_on_a_synthetic_blob() {
         "--print-ids",
     ];
     assert_eq!(nq_host(&s).stdout, nq_host(&s).stdout);
+    // The spellings `--blob` and `--temp` are the same flags.
+    let alias: Vec<&str> = s
+        .iter()
+        .map(|&f| match f {
+            "--model" => "--blob",
+            "--temperature" => "--temp",
+            f => f,
+        })
+        .collect();
+    let (x, y) = (nq_host(&s), nq_host(&alias));
+    assert!(y.status.success(), "{}", String::from_utf8_lossy(&y.stderr));
+    assert_eq!(x.stdout, y.stdout);
     assert!(!nq_host(&["run", "--model", p, "--prompt-ids", "3,x"])
         .status
         .success());

@@ -71,8 +71,8 @@ impl From<ActArg> for ActPrecision {
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// GGUF file, Hugging Face directory or blob.
-    #[arg(long)]
+    /// GGUF file, Hugging Face directory or blob (`--blob` also works).
+    #[arg(long, visible_alias = "blob")]
     model: PathBuf,
     /// Prompt text.
     #[arg(long, required_unless_present = "prompt_ids")]
@@ -83,8 +83,8 @@ pub struct RunArgs {
     /// Tokens to generate.
     #[arg(short = 'n', long, default_value_t = 32)]
     tokens: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature; 0 is greedy (`--temp` also works).
+    #[arg(long, visible_alias = "temp", default_value_t = 0.0)]
     temperature: f32,
     /// Keep only the k most likely tokens (0: off; at most 128).
     #[arg(long, default_value_t = 0)]
