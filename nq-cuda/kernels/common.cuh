@@ -5,6 +5,12 @@
 
 #define NQ_BLOCK 256
 
+// Dynamic shared memory (the launch's shared_mem_bytes) as `type name[]`.
+// The host emulation (nq-cuda-emu) defines its own.
+#ifndef NQ_DYNAMIC_SHARED
+#define NQ_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 // Sum of `v` over the block; every thread gets it. `sh` holds NQ_BLOCK
 // doubles; it may be reused after the call.
 __device__ double nq_block_sum(double v, double* sh) {

@@ -67,7 +67,7 @@ extern "C" __global__ void nq_rope(float* x, const float* cos_t, const float* si
 extern "C" __global__ void nq_attention(const float* q, const float* k, const float* v,
                                         float* out, int t, int heads, int kv_heads, int d,
                                         float scale) {
-    extern __shared__ float scores[];
+    NQ_DYNAMIC_SHARED(float, scores);
     __shared__ float shf[NQ_BLOCK];
     __shared__ double shd[NQ_BLOCK];
     int head = blockIdx.x % heads;

@@ -18,7 +18,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::{kernels, nvrtc, CudaError, DeviceInfo};
+use crate::{geometry, kernels, nvrtc, CudaError, DeviceInfo};
 
 /// A row-major `f32` matrix in device memory.
 pub type Buf = CudaSlice<f32>;
@@ -61,9 +61,7 @@ macro_rules! launch {
     }};
 }
 
-/// Threads per block of the reduction kernels: `NQ_BLOCK` in
-/// `kernels/common.cuh` (a power of two; a test checks they agree).
-const BLOCK: u32 = 256;
+use crate::geometry::{grid_stride, per_elem, per_row, single_block};
 
 /// cuSOLVER dense handle.
 struct Solver(solver_sys::cusolverDnHandle_t);
@@ -771,11 +769,10 @@ impl Gpu {
         shape(out.len(), t, heads * d)?;
         shape(k.len(), t, kv_heads * d)?;
         shape(v.len(), t, kv_heads * d)?;
-        // Scores live in shared memory next to 3 KB of reduction space.
-        let shared = t * 4;
-        if shared > 44 * 1024 {
+        if t > geometry::ATTENTION_MAX_T {
             return Err(CudaError::new(format!(
-                "attention: context {t} is longer than this kernel's 11264 tokens"
+                "attention: context {t} is longer than this kernel's {} tokens",
+                geometry::ATTENTION_MAX_T
             )));
         }
         if t == 0 {
@@ -783,11 +780,7 @@ impl Gpu {
         }
         let (ti, hi, kvi, di) = (t as i32, heads as i32, kv_heads as i32, d as i32);
         let scale = 1.0 / (d as f32).sqrt();
-        let cfg = LaunchConfig {
-            grid_dim: ((t * heads) as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: shared as u32,
-        };
+        let cfg = geometry::attention(t, heads, 1);
         launch!(
             self,
             "nq_attention",
@@ -856,11 +849,7 @@ impl Gpu {
                 "sign_matmul: more than 65535 tokens at once",
             ));
         }
-        let cfg = LaunchConfig {
-            grid_dim: ((rows as u32).div_ceil(BLOCK), t as u32, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = geometry::sign_matmul(rows, t);
         launch!(
             self,
             "nq_sign_matmul",
@@ -930,43 +919,9 @@ fn shape(len: usize, rows: usize, cols: usize) -> Result<(i32, i32), CudaError> 
     Ok((r, c))
 }
 
-fn per_row(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn per_elem(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(BLOCK).max(1), 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn single_block() -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Grid-stride kernels: enough blocks to fill the device, capped.
-fn grid_stride(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::BLOCK;
+    use crate::geometry::BLOCK;
     use crate::kernels;
 
     #[test]

@@ -11,11 +11,13 @@
 //! - [`Gpu`] is an opened device with the operations nq-host's quantizer
 //!   backend needs (cuBLAS products, the ADMM kernels of `kernels/*.cu`
 //!   compiled by NVRTC, a cuSOLVER Cholesky inverse).
-//! - [`kernels`] holds the kernel sources; [`nvrtc`] compiles them.
+//! - [`kernels`] holds the kernel sources; [`nvrtc`] compiles them;
+//!   [`geometry`] gives every kernel's launch shape.
 #![deny(missing_docs)]
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+pub mod geometry;
 mod gpu;
 pub mod kernels;
 pub mod nvrtc;

@@ -1,14 +1,17 @@
 //! The quantizer's compute backends against independent f64 oracles, op by
 //! op, and against each other.
 //!
-//! The CPU backend always runs. The CUDA backend runs when a GPU is usable
+//! The CPU backend always runs. So does the emulated CUDA backend
+//! (`nq_cuda_emu::EmuBackend`: the `.cu` kernels run on the CPU, products and
+//! the Cholesky inverse on CPU stand-ins), which checks the kernels' logic
+//! without a GPU. The CUDA backend runs when a GPU is usable
 //! (`nq_cuda::probe()`), and otherwise each GPU test prints a visible SKIP
 //! line: CI machines have no GPU; the CUDA sources are still compiled there
 //! to PTX and SASS (nq-cuda/tests/compile.rs).
 
 use nq_host::backend::{Backend, BackendError, Compute, CpuBackend, CudaBackend, Op};
 use nq_host::model::Matrix;
-use nq_host::quant::factor::{quantize_linear_on, AdmmOptions, LayerEnergies, Method};
+use nq_host::quant::factor::{quantize_linear_on, run_admm, AdmmOptions, LayerEnergies, Method};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
@@ -108,21 +111,24 @@ fn conformance<B: Backend>(be: &B) {
     let mut c = be.zeros(4).unwrap();
     assert!(be.matmul(&mut c, &a, &b, Op::Nn, (2, 2, 2)).is_err());
 
-    // Row normalization; a zero row stays zero.
+    // Row normalization; a zero row stays zero. Rows wider than a CUDA
+    // block (256 threads) take every thread and several passes.
+    for (rows, cols) in [(5, 19), (3, 700)] {
+        let mut x = random(rows * cols, 7);
+        x[2 * cols..3 * cols].fill(0.0);
+        let mut dx = be.upload(&x).unwrap();
+        be.normalize_rows(&mut dx, rows, cols).unwrap();
+        let want: Vec<f64> = x
+            .chunks(cols)
+            .flat_map(|r| {
+                let n = r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+                r.iter()
+                    .map(move |&v| if n > 0.0 { f64::from(v) / n } else { 0.0 })
+            })
+            .collect();
+        close(&get(be, &dx, rows * cols), &want, 1e-6, "normalize_rows");
+    }
     let (rows, cols) = (5, 19);
-    let mut x = random(rows * cols, 7);
-    x[2 * cols..3 * cols].fill(0.0);
-    let mut dx = be.upload(&x).unwrap();
-    be.normalize_rows(&mut dx, rows, cols).unwrap();
-    let want: Vec<f64> = x
-        .chunks(cols)
-        .flat_map(|r| {
-            let n = r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
-            r.iter()
-                .map(move |&v| if n > 0.0 { f64::from(v) / n } else { 0.0 })
-        })
-        .collect();
-    close(&get(be, &dx, rows * cols), &want, 1e-6, "normalize_rows");
 
     // Column normalization; a zero column stays zero.
     let mut x = random(rows * cols, 8);
@@ -159,7 +165,7 @@ fn conformance<B: Backend>(be: &B) {
     );
 
     // SVID: values, and exactly the signs of the input.
-    for (rows, cols, iters) in [(1, 1, 1), (7, 3, 4), (33, 65, 2)] {
+    for (rows, cols, iters) in [(1, 1, 1), (7, 3, 4), (33, 65, 2), (2, 600, 2), (300, 3, 2)] {
         let x = random(rows * cols, (rows * cols) as u64);
         let dx = be.upload(&x).unwrap();
         let mut out = be.zeros(rows * cols).unwrap();
@@ -251,6 +257,11 @@ fn cpu_backend_matches_the_oracles() {
 }
 
 #[test]
+fn emulated_cuda_kernels_match_the_oracles() {
+    conformance(&nq_cuda_emu::EmuBackend::default());
+}
+
+#[test]
 fn cuda_backend_matches_the_oracles() {
     if let Some(g) = gpu() {
         conformance(&g);
@@ -321,6 +332,42 @@ fn cuda_admm_matches_cpu() {
         cpu.weighted_rel_error,
         cuda.weighted_rel_error
     );
+}
+
+/// The whole ADMM with the CUDA kernels emulated gives the CPU backend's
+/// result: the same signs wherever the latent is not within rounding of
+/// zero, latents within 1e-4 of their RMS. Same summation-order caveat as
+/// `cuda_admm_matches_cpu`; the products are the CPU's here, so only the
+/// kernels' reductions differ.
+#[test]
+fn emulated_cuda_admm_matches_cpu() {
+    let (m, n, r) = (48, 40, 12);
+    let wt = random(m * n, 21);
+    let opts = AdmmOptions {
+        iters: 6,
+        seed: 4,
+        ..AdmmOptions::default()
+    };
+    let cpu = run_admm(&CpuBackend::default(), &wt, m, n, r, &opts).unwrap();
+    let emu = run_admm(&nq_cuda_emu::EmuBackend::default(), &wt, m, n, r, &opts).unwrap();
+    for (what, c, g) in [
+        ("A_z", &cpu.az, &emu.az),
+        ("A latent", &cpu.in_a, &emu.in_a),
+        ("B_z", &cpu.bz, &emu.bz),
+        ("B latent", &cpu.in_b, &emu.in_b),
+    ] {
+        let rms = (c.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / c.len() as f64).sqrt();
+        assert!(rms > 0.0, "{what}: all zero");
+        for (x, y) in c.iter().zip(g) {
+            if f64::from(x.abs()) > 1e-4 * rms {
+                assert_eq!(x < &0.0, y < &0.0, "{what}: sign differs, {x} vs {y}");
+            }
+            assert!(
+                f64::from(x - y).abs() <= 1e-4 * rms,
+                "{what}: {x} vs {y} (rms {rms})"
+            );
+        }
+    }
 }
 
 /// `--device` selection never panics: `auto` always yields a device, `cpu`

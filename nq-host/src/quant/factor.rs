@@ -691,15 +691,22 @@ fn nanoquant_factors(
 
 /// What ADMM hands back to the host: `A_z`, `B_z` and the last Z-step
 /// inputs (the latents), preconditioned frame.
-struct AdmmResult {
-    az: Vec<f32>,
-    in_a: Vec<f32>,
-    bz: Vec<f32>,
-    in_b: Vec<f32>,
+#[derive(Clone, Debug)]
+pub struct AdmmResult {
+    /// `A_z` (`m × r`).
+    pub az: Vec<f32>,
+    /// The last Z-step input `A + A_u` (`m × r`), the latent of `U`.
+    pub in_a: Vec<f32>,
+    /// `B_z` (`r × n`).
+    pub bz: Vec<f32>,
+    /// The last Z-step input `B + B_u` (`r × n`), the latent of `V`.
+    pub in_b: Vec<f32>,
 }
 
-/// Runs the whole ADMM of one layer on `be` for the preconditioned `wt`.
-fn run_admm<B: Backend>(
+/// Runs the whole ADMM of one layer on `be` for the preconditioned `wt`
+/// (`m × n`) at rank `r`: the iterations [`quantize_linear_on`] runs on a
+/// device, exposed so any [`Backend`] can be checked against the CPU's.
+pub fn run_admm<B: Backend>(
     be: &B,
     wt: &[f32],
     m: usize,

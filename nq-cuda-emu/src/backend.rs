@@ -1,0 +1,308 @@
+//! [`EmuBackend`]: nq-host's compute-backend trait on the emulated kernels,
+//! launched in the order and with the geometry `nq_cuda::Gpu` uses.
+
+use nq_cuda::geometry::{grid_stride, per_elem, per_row, single_block};
+use nq_host::backend::{Backend, BackendError, CpuBackend, Op};
+
+use crate::{ffi, launch, P};
+
+/// The CUDA backend with its kernels emulated on the CPU: every element-wise
+/// and reduction step runs the `.cu` source; the products (cuBLAS on a GPU)
+/// run on the CPU backend, and the Cholesky factorization and inverse
+/// (cuSOLVER `potrf`/`potri`) on a plain f64 Cholesky that returns the
+/// inverse the way `potri` does, in the lower triangle of a column-major
+/// matrix. Buffers are host vectors.
+#[derive(Default)]
+pub struct EmuBackend {
+    cpu: CpuBackend,
+}
+
+fn shape(len: usize, rows: usize, cols: usize) -> Result<(i32, i32), BackendError> {
+    if rows.checked_mul(cols) != Some(len) {
+        return Err(BackendError::Device(format!(
+            "buffer of {len} values is not {rows} × {cols}"
+        )));
+    }
+    let r = i32::try_from(rows).map_err(|_| BackendError::Device("rows over 2^31".into()))?;
+    let c = i32::try_from(cols).map_err(|_| BackendError::Device("cols over 2^31".into()))?;
+    Ok((r, c))
+}
+
+fn same_len(out: &[f32], a: &[f32], b: &[f32]) -> Result<i32, BackendError> {
+    if a.len() != out.len() || b.len() != out.len() {
+        return Err(BackendError::Device(
+            "element-wise operands differ in length".into(),
+        ));
+    }
+    i32::try_from(out.len()).map_err(|_| BackendError::Device("buffer over 2^31 values".into()))
+}
+
+/// What cuSOLVER's `Dpotrf` + `Dpotri` leave in `sys` (column-major `r × r`,
+/// lower triangle used): the inverse's lower triangle, the upper triangle
+/// untouched. `Err` when the matrix is not positive definite.
+fn potrf_potri(sys: &mut [f64], r: usize) -> Result<(), ()> {
+    // Column-major: element (i, j) at j·r + i.
+    let at = |i: usize, j: usize| j * r + i;
+    let mut l = vec![0.0f64; r * r];
+    for j in 0..r {
+        let mut d = sys[at(j, j)];
+        for k in 0..j {
+            d -= l[at(j, k)] * l[at(j, k)];
+        }
+        if d.is_nan() || d <= 0.0 {
+            return Err(());
+        }
+        let d = d.sqrt();
+        l[at(j, j)] = d;
+        for i in j + 1..r {
+            let mut s = sys[at(i, j)];
+            for k in 0..j {
+                s -= l[at(i, k)] * l[at(j, k)];
+            }
+            l[at(i, j)] = s / d;
+        }
+    }
+    // inverse = L⁻ᵀ L⁻¹, column by column: solve L y = e_j, then Lᵀ x = y.
+    for j in 0..r {
+        let mut y = vec![0.0f64; r];
+        for i in 0..r {
+            let mut s = if i == j { 1.0 } else { 0.0 };
+            for k in 0..i {
+                s -= l[at(i, k)] * y[k];
+            }
+            y[i] = s / l[at(i, i)];
+        }
+        for i in (0..r).rev() {
+            let mut s = y[i];
+            for k in i + 1..r {
+                s -= l[at(k, i)] * y[k];
+            }
+            y[i] = s / l[at(i, i)];
+        }
+        for (i, &v) in y.iter().enumerate().skip(j) {
+            sys[at(i, j)] = v;
+        }
+    }
+    Ok(())
+}
+
+impl Backend for EmuBackend {
+    type Buf = Vec<f32>;
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>, BackendError> {
+        self.cpu.upload(data)
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>, BackendError> {
+        self.cpu.zeros(len)
+    }
+
+    fn download(&self, buf: &Vec<f32>, out: &mut [f32]) -> Result<(), BackendError> {
+        self.cpu.download(buf, out)
+    }
+
+    fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>) -> Result<(), BackendError> {
+        self.cpu.copy(dst, src)
+    }
+
+    fn matmul(
+        &self,
+        c: &mut Vec<f32>,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        op: Op,
+        shape: (usize, usize, usize),
+    ) -> Result<(), BackendError> {
+        self.cpu.matmul(c, a, b, op, shape)
+    }
+
+    fn normalize_rows(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), BackendError> {
+        let (r, c) = shape(x.len(), rows, cols)?;
+        if rows > 0 {
+            let px = P::of(x);
+            // SAFETY: x holds rows × cols values.
+            unsafe { launch(per_row(rows), || ffi::nq_normalize_rows(px, r, c)) };
+        }
+        Ok(())
+    }
+
+    fn divide_by_column_norms(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), BackendError> {
+        let (r, c) = shape(src.len(), rows, cols)?;
+        shape(dst.len(), rows, cols)?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let mut sums = vec![0.0f64; cols];
+        let (ps, pd, psum) = (P::c(src), P::of(dst), P::of(&mut sums));
+        // SAFETY: src and dst hold rows × cols values, sums cols.
+        unsafe {
+            launch(per_elem(cols), || ffi::nq_column_sumsq(ps, r, c, psum));
+            launch(grid_stride(rows * cols), || {
+                ffi::nq_divide_columns(pd, ps, psum, r, c)
+            });
+        }
+        Ok(())
+    }
+
+    fn svid(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+        iters: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let (r, c) = shape(x.len(), rows, cols)?;
+        shape(out.len(), rows, cols)?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let (mut u, mut v) = (vec![0.0f64; rows], vec![0.0f64; cols]);
+        let (mut vv, mut uu) = ([0.0f64], [0.0f64]);
+        let (px, po) = (P::c(x), P::of(out));
+        let (pu, pv, pvv, puu) = (P::of(&mut u), P::of(&mut v), P::of(&mut vv), P::of(&mut uu));
+        // SAFETY: every buffer has the length its shape argument gives.
+        unsafe {
+            launch(per_elem(cols), || ffi::nq_fill_f64(pv, c, 1.0));
+            for _ in 0..iters.max(1) {
+                launch(single_block(), || ffi::nq_sumsq_f64(pv, c, pvv));
+                launch(per_row(rows), || ffi::nq_svid_u(px, pv, pvv, pu, r, c));
+                launch(single_block(), || ffi::nq_sumsq_f64(pu, r, puu));
+                launch(per_elem(cols), || ffi::nq_svid_v(px, pu, puu, pv, r, c));
+            }
+            launch(grid_stride(rows * cols), || {
+                ffi::nq_svid_out(px, pu, pv, po, r, c)
+            });
+        }
+        Ok(())
+    }
+
+    fn add(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>) -> Result<(), BackendError> {
+        let n = same_len(out, a, b)?;
+        let (po, pa, pb) = (P::of(out), P::c(a), P::c(b));
+        // SAFETY: all three hold n values.
+        unsafe { launch(grid_stride(n as usize), || ffi::nq_add(po, pa, pb, n)) };
+        Ok(())
+    }
+
+    fn sub(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>) -> Result<(), BackendError> {
+        let n = same_len(out, a, b)?;
+        let (po, pa, pb) = (P::of(out), P::c(a), P::c(b));
+        // SAFETY: all three hold n values.
+        unsafe { launch(grid_stride(n as usize), || ffi::nq_sub(po, pa, pb, n)) };
+        Ok(())
+    }
+
+    fn add_penalty(
+        &self,
+        rhs: &mut Vec<f32>,
+        rho: f32,
+        z: &Vec<f32>,
+        u: &Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let n = same_len(rhs, z, u)?;
+        let (pr, pz, pu) = (P::of(rhs), P::c(z), P::c(u));
+        // SAFETY: all three hold n values.
+        unsafe {
+            launch(grid_stride(n as usize), || {
+                ffi::nq_add_penalty(pr, rho, pz, pu, n)
+            })
+        };
+        Ok(())
+    }
+
+    fn dual_update(
+        &self,
+        u: &mut Vec<f32>,
+        x: &Vec<f32>,
+        z: &Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let n = same_len(u, x, z)?;
+        let (pu, px, pz) = (P::of(u), P::c(x), P::c(z));
+        // SAFETY: all three hold n values.
+        unsafe {
+            launch(grid_stride(n as usize), || {
+                ffi::nq_dual_update(pu, px, pz, n)
+            })
+        };
+        Ok(())
+    }
+
+    fn invert_shifted(
+        &self,
+        gram: &Vec<f32>,
+        shift: f32,
+        r: usize,
+        inverse: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        if gram.len() != r * r || inverse.len() != r * r {
+            return Err(BackendError::Device(
+                "invert_shifted: sizes do not match r × r".into(),
+            ));
+        }
+        if r == 0 {
+            return Ok(());
+        }
+        let ri = i32::try_from(r).map_err(|_| BackendError::Device("rank over 2^31".into()))?;
+        let mut sys = vec![0.0f64; r * r];
+        let (pg, psys) = (P::c(gram), P::of(&mut sys));
+        // SAFETY: gram holds r × r f32, sys r × r f64.
+        unsafe {
+            launch(grid_stride(r * r), || {
+                ffi::nq_shifted_system(pg, psys, ri, shift)
+            })
+        };
+        // The stand-in for potrf/potri writes only the lower triangle; the
+        // upper one is poisoned so a kernel reading it would show.
+        for j in 0..r {
+            for i in 0..j {
+                sys[j * r + i] = f64::NAN;
+            }
+        }
+        potrf_potri(&mut sys, r)
+            .map_err(|()| BackendError::Numerical("normal equations not positive definite"))?;
+        let mut bad = [0i32];
+        let (psys, pinv, pbad) = (P::c(&sys), P::of(inverse), P::of(&mut bad));
+        // SAFETY: sys holds r × r f64, inverse r × r f32, bad one int.
+        unsafe {
+            launch(grid_stride(r * r), || {
+                ffi::nq_inverse_to_f32(psys, pinv, ri, pbad)
+            })
+        };
+        if bad[0] != 0 {
+            return Err(BackendError::Numerical("non-finite inverse"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::potrf_potri;
+
+    #[test]
+    fn potri_stand_in_inverts_a_small_spd_matrix() {
+        // A = [[4, 2], [2, 3]] (column-major = row-major, symmetric);
+        // A⁻¹ = [[3, −2], [−2, 4]] / 8.
+        let mut s = vec![4.0, 2.0, 2.0, 3.0];
+        s[2] = f64::NAN; // upper triangle is not read
+        potrf_potri(&mut s, 2).unwrap();
+        assert!((s[0] - 3.0 / 8.0).abs() < 1e-15);
+        assert!((s[1] + 2.0 / 8.0).abs() < 1e-15);
+        assert!((s[3] - 4.0 / 8.0).abs() < 1e-15);
+        assert!(s[2].is_nan(), "upper triangle left alone");
+        let mut neg = vec![-1.0, 0.0, 0.0, -1.0];
+        assert!(potrf_potri(&mut neg, 2).is_err());
+    }
+}
