@@ -13,6 +13,8 @@
 #include "admm.cu"
 #include "forward.cu"
 #include "signs.cu"
+#include "backward.cu"
+#include "train.cu"
 
 namespace {
 

@@ -25,8 +25,20 @@ extern "C" {
     // forward.cu
     pub fn nq_rmsnorm(x: P<f32>, w: P<f32>, out: P<f32>, rows: i32, d: i32, eps: f32);
     pub fn nq_rmsnorm_inplace(x: P<f32>, w: P<f32>, rows: i32, d: i32, eps: f32);
+    pub fn nq_rmsnorm_inv(x: P<f32>, inv: P<f32>, rows: i32, d: i32, eps: f32);
     pub fn nq_add_bias(y: P<f32>, b: P<f32>, rows: i32, n: i32);
     pub fn nq_rope(x: P<f32>, cos: P<f32>, sin: P<f32>, t: i32, heads: i32, half: i32);
+    pub fn nq_rope_backward(dx: P<f32>, cos: P<f32>, sin: P<f32>, t: i32, heads: i32, half: i32);
+    pub fn nq_attention_probs(
+        q: P<f32>,
+        k: P<f32>,
+        probs: P<f32>,
+        t: i32,
+        heads: i32,
+        kv_heads: i32,
+        d: i32,
+        scale: f32,
+    );
     pub fn nq_attention(
         q: P<f32>,
         k: P<f32>,
@@ -52,4 +64,78 @@ extern "C" {
         out: P<f32>,
     );
     pub fn nq_scale_columns(y: P<f32>, s: P<f32>, rows: i32, n: i32);
+
+    // backward.cu
+    pub fn nq_rmsnorm_backward(
+        x: P<f32>,
+        w: P<f32>,
+        inv: P<f32>,
+        dy: P<f32>,
+        dx: P<f32>,
+        rows: i32,
+        d: i32,
+        accumulate: i32,
+    );
+    pub fn nq_rmsnorm_weight_grad(
+        x: P<f32>,
+        inv: P<f32>,
+        dy: P<f32>,
+        dw: P<f32>,
+        rows: i32,
+        d: i32,
+    );
+    pub fn nq_swiglu_backward(
+        gate: P<f32>,
+        up: P<f32>,
+        d_act: P<f32>,
+        d_gate: P<f32>,
+        d_up: P<f32>,
+        n: i32,
+    );
+    pub fn nq_attention_backward_q(
+        probs: P<f32>,
+        d_out: P<f32>,
+        k: P<f32>,
+        v: P<f32>,
+        ds: P<f32>,
+        dq: P<f32>,
+        t: i32,
+        heads: i32,
+        kv_heads: i32,
+        d: i32,
+        scale: f32,
+    );
+    pub fn nq_attention_backward_kv(
+        probs: P<f32>,
+        ds: P<f32>,
+        q: P<f32>,
+        d_out: P<f32>,
+        dk: P<f32>,
+        dv: P<f32>,
+        t: i32,
+        heads: i32,
+        kv_heads: i32,
+        d: i32,
+    );
+
+    // train.cu
+    pub fn nq_signs(x: P<f32>, out: P<f32>, n: i32);
+    pub fn nq_scale_outer(dw: P<f32>, s_post: P<f32>, s_pre: P<f32>, g: P<f32>, m: i32, n: i32);
+    pub fn nq_scale_grad_post(dw: P<f32>, p: P<f32>, s_pre: P<f32>, out: P<f32>, m: i32, n: i32);
+    pub fn nq_scale_grad_pre(dw: P<f32>, p: P<f32>, s_post: P<f32>, out: P<f32>, m: i32, n: i32);
+    pub fn nq_adamw(
+        p: P<f32>,
+        g: P<f32>,
+        m: P<f32>,
+        v: P<f32>,
+        n: i32,
+        lr: f32,
+        wd: f32,
+        b1: f32,
+        b2: f32,
+        eps: f32,
+        c1: f32,
+        c2: f32,
+    );
+    pub fn nq_pack_signs(x: P<f32>, rows: i32, cols: i32, col_bytes: i32, out: P<u8>);
 }

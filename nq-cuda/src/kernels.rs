@@ -53,9 +53,12 @@ pub const FORWARD: KernelSource = KernelSource {
     entry_points: &[
         "nq_rmsnorm",
         "nq_rmsnorm_inplace",
+        "nq_rmsnorm_inv",
         "nq_add_bias",
         "nq_rope",
+        "nq_rope_backward",
         "nq_attention",
+        "nq_attention_probs",
         "nq_silu_mul",
         "nq_add_assign",
     ],
@@ -68,8 +71,36 @@ pub const SIGNS: KernelSource = KernelSource {
     entry_points: &["nq_sign_matmul", "nq_scale_columns"],
 };
 
+/// The element-wise parts of the transformer block's backward pass.
+pub const BACKWARD: KernelSource = KernelSource {
+    file: "backward.cu",
+    source: with_common!("../kernels/backward.cu"),
+    entry_points: &[
+        "nq_rmsnorm_backward",
+        "nq_rmsnorm_weight_grad",
+        "nq_swiglu_backward",
+        "nq_attention_backward_q",
+        "nq_attention_backward_kv",
+    ],
+};
+
+/// Reconstruction's per-parameter steps: signs, scale gradients, AdamW,
+/// sign packing.
+pub const TRAIN: KernelSource = KernelSource {
+    file: "train.cu",
+    source: with_common!("../kernels/train.cu"),
+    entry_points: &[
+        "nq_signs",
+        "nq_scale_outer",
+        "nq_scale_grad_post",
+        "nq_scale_grad_pre",
+        "nq_adamw",
+        "nq_pack_signs",
+    ],
+};
+
 /// Every kernel source of the crate.
-pub const ALL: &[KernelSource] = &[ADMM, FORWARD, SIGNS];
+pub const ALL: &[KernelSource] = &[ADMM, FORWARD, SIGNS, BACKWARD, TRAIN];
 
 #[cfg(test)]
 mod tests {

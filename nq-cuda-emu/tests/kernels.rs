@@ -1,0 +1,582 @@
+//! Every forward, backward and training kernel of nq-cuda, run by the host
+//! emulation with nq-cuda's launch shapes, against nq-host's CPU code where
+//! it is public and against independent f64 references otherwise. The
+//! backward references are checked against central finite differences of
+//! the f64 forward, so no gradient here is only checked against itself.
+//! (The ADMM kernels are covered through `EmuBackend` in nq-host's
+//! tests/backend.rs.)
+
+use nq_cuda::geometry::{attention, grid_stride, per_elem, per_row, sign_matmul};
+use nq_cuda_emu::{ffi, launch, P};
+use nq_host::model::forward::{rmsnorm, silu, RopeTable};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+fn f64s(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// `|got − want| ≤ tol · max|want|` everywhere.
+fn close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (f64::from(g) - w).abs() <= tol * scale,
+            "{what}[{i}]: {g} vs {w} (scale {scale})"
+        );
+    }
+}
+
+fn i(v: usize) -> i32 {
+    i32::try_from(v).unwrap()
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+#[test]
+fn rmsnorm_kernels_match_the_cpu() {
+    for (rows, d) in [(3, 7), (4, 300), (1, 1)] {
+        let x = random(rows * d, 1);
+        let w = random(d, 2);
+        let eps = 1e-5;
+        let (mut want, mut want_inv) = (vec![0.0; rows * d], vec![0.0; rows]);
+        rmsnorm(&x, &w, eps, &mut want, &mut want_inv);
+
+        let mut out = vec![0.0f32; rows * d];
+        let mut inv = vec![0.0f32; rows];
+        let mut inplace = x.clone();
+        let (px, pw, po, pi, pp) = (
+            P::c(&x),
+            P::c(&w),
+            P::of(&mut out),
+            P::of(&mut inv),
+            P::of(&mut inplace),
+        );
+        // SAFETY: x, out and inplace hold rows × d values, w d, inv rows.
+        unsafe {
+            launch(per_row(rows), || {
+                ffi::nq_rmsnorm(px, pw, po, i(rows), i(d), eps)
+            });
+            launch(per_row(rows), || {
+                ffi::nq_rmsnorm_inv(px, pi, i(rows), i(d), eps)
+            });
+            launch(per_row(rows), || {
+                ffi::nq_rmsnorm_inplace(pp, pw, i(rows), i(d), eps)
+            });
+        }
+        // Same f64 sum up to order, then the same f32 operations.
+        close(&inv, &f64s(&want_inv), 1e-6, "inv");
+        close(&out, &f64s(&want), 1e-6, "rmsnorm");
+        assert_eq!(out, inplace, "in place equals out of place");
+    }
+}
+
+/// f64 `y = x / rms(x) ⊙ w` for one row.
+fn rmsnorm_row64(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+    let r = 1.0 / (ms + eps).sqrt();
+    x.iter().zip(w).map(|(a, b)| a * r * b).collect()
+}
+
+#[test]
+fn rmsnorm_backward_matches_finite_differences() {
+    let eps = 1e-5f32;
+    for (rows, d) in [(3, 5), (2, 300)] {
+        let x = random(rows * d, 3);
+        let w = random(d, 4);
+        let dy = random(rows * d, 5);
+        let (mut y, mut inv) = (vec![0.0; rows * d], vec![0.0; rows]);
+        rmsnorm(&x, &w, eps, &mut y, &mut inv);
+
+        // ∂L/∂x and ∂L/∂w of L = Σ dy ⊙ rmsnorm(x), by central differences.
+        let (x64, w64, dy64) = (f64s(&x), f64s(&w), f64s(&dy));
+        let loss = |xr: &[f64], w: &[f64], row: usize| -> f64 {
+            rmsnorm_row64(xr, w, f64::from(eps))
+                .iter()
+                .zip(&dy64[row * d..(row + 1) * d])
+                .map(|(a, b)| a * b)
+                .sum()
+        };
+        let h = 1e-6;
+        let mut want_dx = vec![0.0f64; rows * d];
+        let mut want_dw = vec![0.0f64; d];
+        for r in 0..rows {
+            let xr = &x64[r * d..(r + 1) * d];
+            for j in 0..d {
+                let (mut a, mut b) = (xr.to_vec(), xr.to_vec());
+                a[j] += h;
+                b[j] -= h;
+                want_dx[r * d + j] = (loss(&a, &w64, r) - loss(&b, &w64, r)) / (2.0 * h);
+                let (mut wa, mut wb) = (w64.clone(), w64.clone());
+                wa[j] += h;
+                wb[j] -= h;
+                want_dw[j] += (loss(xr, &wa, r) - loss(xr, &wb, r)) / (2.0 * h);
+            }
+        }
+
+        let mut dx = vec![0.0f32; rows * d];
+        let mut dx_acc = vec![1.0f32; rows * d];
+        let mut dw = vec![0.5f32; d];
+        let (px, pw, pi, pdy) = (P::c(&x), P::c(&w), P::c(&inv), P::c(&dy));
+        let (pdx, pacc, pdw) = (P::of(&mut dx), P::of(&mut dx_acc), P::of(&mut dw));
+        // SAFETY: x, dy, dx, dx_acc hold rows × d values, w and dw d, inv rows.
+        unsafe {
+            launch(per_row(rows), || {
+                ffi::nq_rmsnorm_backward(px, pw, pi, pdy, pdx, i(rows), i(d), 0)
+            });
+            launch(per_row(rows), || {
+                ffi::nq_rmsnorm_backward(px, pw, pi, pdy, pacc, i(rows), i(d), 1)
+            });
+            launch(per_elem(d), || {
+                ffi::nq_rmsnorm_weight_grad(px, pi, pdy, pdw, i(rows), i(d))
+            });
+        }
+        close(&dx, &want_dx, 1e-5, "rmsnorm dx");
+        let acc_want: Vec<f64> = dx.iter().map(|&v| f64::from(v) + 1.0).collect();
+        close(&dx_acc, &acc_want, 1e-6, "rmsnorm dx accumulated");
+        let dw_want: Vec<f64> = want_dw.iter().map(|v| v + 0.5).collect();
+        close(&dw, &dw_want, 1e-5, "rmsnorm dw (added to 0.5)");
+    }
+}
+
+// ------------------------------------------------------------ RoPE, SwiGLU
+
+#[test]
+fn rope_and_its_backward_match_the_cpu_table() {
+    let (t, heads, head_dim) = (7, 3, 10);
+    let table = RopeTable::new(head_dim, 10_000.0, t);
+    let (cos, sin) = table.tables();
+    let half = head_dim / 2;
+    for inverse in [false, true] {
+        let x = random(t * heads * head_dim, 6);
+        let mut want = x.clone();
+        table.apply(&mut want, heads, inverse);
+        let mut got = x.clone();
+        let (pg, pc, ps) = (P::of(&mut got), P::c(cos), P::c(sin));
+        let cfg = grid_stride(t * heads * half);
+        // SAFETY: got holds t × heads·head_dim values, the tables t × half.
+        unsafe {
+            if inverse {
+                launch(cfg, || {
+                    ffi::nq_rope_backward(pg, pc, ps, i(t), i(heads), i(half))
+                });
+            } else {
+                launch(cfg, || ffi::nq_rope(pg, pc, ps, i(t), i(heads), i(half)));
+            }
+        }
+        // The same f32 operations in the same order: bit for bit.
+        assert_eq!(got, want, "rope inverse={inverse}");
+    }
+    // The backward is the adjoint: <R x, y> = <x, Rᵀ y>.
+    let (x, y) = (
+        random(t * heads * head_dim, 7),
+        random(t * heads * head_dim, 8),
+    );
+    let (mut rx, mut rty) = (x.clone(), y.clone());
+    let (pc, ps) = (P::c(cos), P::c(sin));
+    let (px, py) = (P::of(&mut rx), P::of(&mut rty));
+    let cfg = grid_stride(t * heads * half);
+    // SAFETY: as above.
+    unsafe {
+        launch(cfg, || ffi::nq_rope(px, pc, ps, i(t), i(heads), i(half)));
+        launch(cfg, || {
+            ffi::nq_rope_backward(py, pc, ps, i(t), i(heads), i(half))
+        });
+    }
+    let dot = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| f64::from(*p) * f64::from(*q))
+            .sum()
+    };
+    let (lhs, rhs) = (dot(&rx, &y), dot(&x, &rty));
+    assert!(
+        (lhs - rhs).abs() < 1e-5 * lhs.abs().max(1.0),
+        "{lhs} vs {rhs}"
+    );
+}
+
+#[test]
+fn silu_mul_and_its_backward() {
+    let n = 700;
+    let (g, u, da) = (random(n, 9), random(n, 10), random(n, 11));
+    let g: Vec<f32> = g.iter().map(|v| 6.0 * v).collect(); // both tails of σ
+    let mut out = vec![0.0f32; n];
+    let (mut dg, mut du) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let (pg, pu, pda) = (P::c(&g), P::c(&u), P::c(&da));
+    let (po, pdg, pdu) = (P::of(&mut out), P::of(&mut dg), P::of(&mut du));
+    // SAFETY: every buffer holds n values.
+    unsafe {
+        launch(grid_stride(n), || ffi::nq_silu_mul(po, pg, pu, i(n)));
+        launch(grid_stride(n), || {
+            ffi::nq_swiglu_backward(pg, pu, pda, pdg, pdu, i(n))
+        });
+    }
+    let want: Vec<f64> = (0..n).map(|e| f64::from(silu(g[e]) * u[e])).collect();
+    close(&out, &want, 1e-6, "silu_mul");
+    let silu64 = |x: f64| x / (1.0 + (-x).exp());
+    let h = 1e-6;
+    let want_dg: Vec<f64> = (0..n)
+        .map(|e| {
+            let x = f64::from(g[e]);
+            (silu64(x + h) - silu64(x - h)) / (2.0 * h) * f64::from(u[e]) * f64::from(da[e])
+        })
+        .collect();
+    let want_du: Vec<f64> = (0..n)
+        .map(|e| silu64(f64::from(g[e])) * f64::from(da[e]))
+        .collect();
+    close(&dg, &want_dg, 1e-5, "d gate");
+    close(&du, &want_du, 1e-5, "d up");
+}
+
+// -------------------------------------------------------------- attention
+
+struct Heads {
+    t: usize,
+    h: usize,
+    kvh: usize,
+    d: usize,
+}
+
+impl Heads {
+    fn scale(&self) -> f64 {
+        1.0 / (self.d as f64).sqrt()
+    }
+}
+
+/// f64 causal GQA: (out `t × h·d`, probs `h × t × t`).
+fn attention64(q: &[f64], k: &[f64], v: &[f64], s: &Heads) -> (Vec<f64>, Vec<f64>) {
+    let (t, h, kvh, d) = (s.t, s.h, s.kvh, s.d);
+    let (qd, kvd, group) = (h * d, kvh * d, h / kvh);
+    let mut out = vec![0.0; t * qd];
+    let mut probs = vec![0.0; h * t * t];
+    for head in 0..h {
+        let g = head / group;
+        for i in 0..t {
+            let sc: Vec<f64> = (0..=i)
+                .map(|j| {
+                    (0..d)
+                        .map(|c| q[i * qd + head * d + c] * k[j * kvd + g * d + c])
+                        .sum::<f64>()
+                        * s.scale()
+                })
+                .collect();
+            let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for j in 0..=i {
+                let p = e[j] / z;
+                probs[(head * t + i) * t + j] = p;
+                for c in 0..d {
+                    out[i * qd + head * d + c] += p * v[j * kvd + g * d + c];
+                }
+            }
+        }
+    }
+    (out, probs)
+}
+
+/// f64 gradients of `L = Σ dout ⊙ attention(q, k, v)`: (dq, dk, dv), by the
+/// softmax chain rule.
+fn attention_grads64(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    dout: &[f64],
+    s: &Heads,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (t, h, kvh, d) = (s.t, s.h, s.kvh, s.d);
+    let (qd, kvd, group) = (h * d, kvh * d, h / kvh);
+    let (_, probs) = attention64(q, k, v, s);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; t * qd], vec![0.0; t * kvd], vec![0.0; t * kvd]);
+    for head in 0..h {
+        let g = head / group;
+        for i in 0..t {
+            let p = |j: usize| probs[(head * t + i) * t + j];
+            let dp: Vec<f64> = (0..=i)
+                .map(|j| {
+                    (0..d)
+                        .map(|c| dout[i * qd + head * d + c] * v[j * kvd + g * d + c])
+                        .sum()
+                })
+                .collect();
+            let dot: f64 = (0..=i).map(|j| dp[j] * p(j)).sum();
+            for j in 0..=i {
+                let ds = p(j) * (dp[j] - dot) * s.scale();
+                for c in 0..d {
+                    dq[i * qd + head * d + c] += ds * k[j * kvd + g * d + c];
+                    dk[j * kvd + g * d + c] += ds * q[i * qd + head * d + c];
+                    dv[j * kvd + g * d + c] += p(j) * dout[i * qd + head * d + c];
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+#[test]
+fn attention_gradient_reference_matches_finite_differences() {
+    let s = Heads {
+        t: 4,
+        h: 4,
+        kvh: 2,
+        d: 3,
+    };
+    let (qd, kvd) = (s.h * s.d, s.kvh * s.d);
+    let q = f64s(&random(s.t * qd, 12));
+    let k = f64s(&random(s.t * kvd, 13));
+    let v = f64s(&random(s.t * kvd, 14));
+    let dout = f64s(&random(s.t * qd, 15));
+    let loss = |q: &[f64], k: &[f64], v: &[f64]| -> f64 {
+        let (o, _) = attention64(q, k, v, &s);
+        o.iter().zip(&dout).map(|(a, b)| a * b).sum()
+    };
+    let (dq, dk, dv) = attention_grads64(&q, &k, &v, &dout, &s);
+    let h = 1e-6;
+    let fd = |which: usize, idx: usize| -> f64 {
+        let mut args = [q.clone(), k.clone(), v.clone()];
+        args[which][idx] += h;
+        let up = loss(&args[0], &args[1], &args[2]);
+        args[which][idx] -= 2.0 * h;
+        let down = loss(&args[0], &args[1], &args[2]);
+        (up - down) / (2.0 * h)
+    };
+    for (which, grad) in [(0, &dq), (1, &dk), (2, &dv)] {
+        for (idx, &g) in grad.iter().enumerate() {
+            let want = fd(which, idx);
+            assert!((g - want).abs() < 1e-6, "arg {which}[{idx}]: {g} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn attention_kernels_forward_probs_and_backward() {
+    for s in [
+        Heads {
+            t: 9,
+            h: 4,
+            kvh: 2,
+            d: 6,
+        },
+        Heads {
+            t: 5,
+            h: 3,
+            kvh: 3,
+            d: 300,
+        },
+        // Longer than a block: every thread takes several keys.
+        Heads {
+            t: 300,
+            h: 2,
+            kvh: 1,
+            d: 4,
+        },
+    ] {
+        let (t, h, kvh, d) = (s.t, s.h, s.kvh, s.d);
+        let (qd, kvd) = (h * d, kvh * d);
+        let q = random(t * qd, 16);
+        let k = random(t * kvd, 17);
+        let v = random(t * kvd, 18);
+        let dout = random(t * qd, 19);
+        let scale = 1.0 / (d as f32).sqrt();
+
+        let mut out = vec![0.0f32; t * qd];
+        let mut probs = vec![f32::NAN; h * t * t];
+        let mut ds = vec![f32::NAN; h * t * t];
+        let mut dq = vec![0.0f32; t * qd];
+        let (mut dk, mut dv) = (vec![0.0f32; t * kvd], vec![0.0f32; t * kvd]);
+        let (pq, pk, pv, pdo) = (P::c(&q), P::c(&k), P::c(&v), P::c(&dout));
+        let (po, pp, pds) = (P::of(&mut out), P::of(&mut probs), P::of(&mut ds));
+        let (pdq, pdk, pdv) = (P::of(&mut dq), P::of(&mut dk), P::of(&mut dv));
+        let (ti, hi, kvi, di) = (i(t), i(h), i(kvh), i(d));
+        // SAFETY: q, out, dout, dq hold t × h·d values; k, v, dk, dv
+        // t × kvh·d; probs and ds h × t × t.
+        unsafe {
+            launch(attention(t, h, 1), || {
+                ffi::nq_attention(pq, pk, pv, po, ti, hi, kvi, di, scale)
+            });
+            launch(attention(t, h, 1), || {
+                ffi::nq_attention_probs(pq, pk, pp, ti, hi, kvi, di, scale)
+            });
+            launch(attention(t, h, 1), || {
+                ffi::nq_attention_backward_q(pp, pdo, pk, pv, pds, pdq, ti, hi, kvi, di, scale)
+            });
+            launch(attention(t, kvh, 0), || {
+                ffi::nq_attention_backward_kv(pp, pds, pq, pdo, pdk, pdv, ti, hi, kvi, di)
+            });
+        }
+        let (q64, k64, v64) = (f64s(&q), f64s(&k), f64s(&v));
+        let (want_out, want_probs) = attention64(&q64, &k64, &v64, &s);
+        close(&out, &want_out, 1e-5, "attention out");
+        close(&probs, &want_probs, 1e-5, "attention probs");
+        let (want_dq, want_dk, want_dv) = attention_grads64(&q64, &k64, &v64, &f64s(&dout), &s);
+        close(&dq, &want_dq, 1e-4, "dq");
+        close(&dk, &want_dk, 1e-4, "dk");
+        close(&dv, &want_dv, 1e-4, "dv");
+        // dS is exactly zero above the diagonal (every entry written).
+        for head in 0..h {
+            for qi in 0..t {
+                for j in qi + 1..t {
+                    assert_eq!(ds[(head * t + qi) * t + j], 0.0);
+                }
+            }
+        }
+    }
+}
+
+// --------------------------------------------------- signs and training
+
+#[test]
+fn packed_signs_are_the_blob_layout_and_multiply_correctly() {
+    for (rows, cols) in [(1, 1), (16, 32), (17, 33), (40, 75)] {
+        let mut x = random(rows * cols, (rows * cols) as u64);
+        x[0] = -0.0; // sign(−0) = +1
+        let col_bytes = nq_core::sign::col_bytes(cols);
+        let want = nq_core::SignMatrix::from_signs_of(rows, cols, &x).into_bytes();
+        let mut packed = vec![0xAAu8; want.len()];
+        let (px, pb) = (P::c(&x), P::of(&mut packed));
+        // SAFETY: x holds rows × cols values, packed the whole tile layout.
+        unsafe {
+            launch(grid_stride(packed.len()), || {
+                ffi::nq_pack_signs(px, i(rows), i(cols), i(col_bytes), pb)
+            });
+        }
+        assert_eq!(packed, want, "{rows} × {cols}");
+
+        // ±1 signs through nq_signs, and the packed product against them.
+        let mut s = vec![0.0f32; rows * cols];
+        let ps = P::of(&mut s);
+        let tokens = 3;
+        let xin = random(tokens * cols, 99);
+        let mut y = vec![0.0f32; tokens * rows];
+        let (pxin, py, pbytes) = (P::c(&xin), P::of(&mut y), P::c(&packed));
+        // SAFETY: s like x; xin tokens × cols, y tokens × rows.
+        unsafe {
+            launch(grid_stride(rows * cols), || {
+                ffi::nq_signs(px, ps, i(rows * cols))
+            });
+            launch(sign_matmul(rows, tokens), || {
+                ffi::nq_sign_matmul(pbytes, i(rows), i(cols), i(col_bytes), pxin, i(tokens), py)
+            });
+        }
+        for (sv, xv) in s.iter().zip(&x) {
+            assert_eq!(*sv, if *xv < 0.0 { -1.0 } else { 1.0 });
+        }
+        let want_y: Vec<f64> = (0..tokens * rows)
+            .map(|e| {
+                let (tok, r) = (e / rows, e % rows);
+                (0..cols)
+                    .map(|j| f64::from(s[r * cols + j]) * f64::from(xin[tok * cols + j]))
+                    .sum()
+            })
+            .collect();
+        close(&y, &want_y, 1e-6, "sign_matmul");
+    }
+}
+
+#[test]
+fn scale_gradients_match_their_definition() {
+    let (m, n) = (5, 300);
+    let dw = random(m * n, 20);
+    let p: Vec<f32> = random(m * n, 21).iter().map(|v| v.signum() * 3.0).collect();
+    let (s_post, s_pre) = (random(m, 22), random(n, 23));
+    let mut g = vec![0.0f32; m * n];
+    let (mut gpost, mut gpre) = (vec![0.0f32; m], vec![0.0f32; n]);
+    let (pdw, pp, pso, psi) = (P::c(&dw), P::c(&p), P::c(&s_post), P::c(&s_pre));
+    let (pg, pgo, pgi) = (P::of(&mut g), P::of(&mut gpost), P::of(&mut gpre));
+    let (mi, ni) = (i(m), i(n));
+    // SAFETY: dw, p, g hold m × n values; s_post, gpost m; s_pre, gpre n.
+    unsafe {
+        launch(grid_stride(m * n), || {
+            ffi::nq_scale_outer(pdw, pso, psi, pg, mi, ni)
+        });
+        launch(per_row(m), || {
+            ffi::nq_scale_grad_post(pdw, pp, psi, pgo, mi, ni)
+        });
+        launch(per_elem(n), || {
+            ffi::nq_scale_grad_pre(pdw, pp, pso, pgi, mi, ni)
+        });
+    }
+    let at = |e: usize| f64::from(dw[e]) * f64::from(p[e]);
+    let want_g: Vec<f64> = (0..m * n)
+        .map(|e| f64::from(dw[e]) * f64::from(s_post[e / n]) * f64::from(s_pre[e % n]))
+        .collect();
+    let want_post: Vec<f64> = (0..m)
+        .map(|r| (0..n).map(|j| at(r * n + j) * f64::from(s_pre[j])).sum())
+        .collect();
+    let want_pre: Vec<f64> = (0..n)
+        .map(|j| (0..m).map(|r| at(r * n + j) * f64::from(s_post[r])).sum())
+        .collect();
+    close(&g, &want_g, 1e-6, "scale_outer");
+    close(&gpost, &want_post, 1e-5, "∂s_post");
+    close(&gpre, &want_pre, 1e-5, "∂s_pre");
+}
+
+#[test]
+fn adamw_steps_follow_the_update_rule() {
+    let n = 600;
+    let (b1, b2, eps, lr, wd) = (0.9f32, 0.999f32, 1e-8f32, 1e-2f32, 0.1f32);
+    let mut p = random(n, 24);
+    let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let mut p64 = f64s(&p);
+    let (mut m64, mut v64) = (vec![0.0f64; n], vec![0.0f64; n]);
+    for step in 1..=5 {
+        let g = random(n, 100 + step);
+        let c1 = 1.0 - b1.powi(step as i32);
+        let c2 = 1.0 - b2.powi(step as i32);
+        let (pp, pg, pm, pv) = (P::of(&mut p), P::c(&g), P::of(&mut m), P::of(&mut v));
+        // SAFETY: all four hold n values.
+        unsafe {
+            launch(grid_stride(n), || {
+                ffi::nq_adamw(pp, pg, pm, pv, i(n), lr, wd, b1, b2, eps, c1, c2)
+            });
+        }
+        let (b1, b2) = (f64::from(b1), f64::from(b2));
+        for e in 0..n {
+            let ge = f64::from(g[e]);
+            m64[e] = b1 * m64[e] + (1.0 - b1) * ge;
+            v64[e] = b2 * v64[e] + (1.0 - b2) * ge * ge;
+            let mh = m64[e] / (1.0 - b1.powi(step as i32));
+            let vh = v64[e] / (1.0 - b2.powi(step as i32));
+            p64[e] -= f64::from(lr) * (mh / (vh.sqrt() + f64::from(eps)) + f64::from(wd) * p64[e]);
+        }
+    }
+    close(&p, &p64, 1e-5, "AdamW parameters after 5 steps");
+    close(&m, &m64, 1e-5, "first moments");
+    close(&v, &v64, 1e-4, "second moments");
+}
+
+#[test]
+fn small_element_wise_kernels() {
+    let (rows, n) = (3, 301);
+    let y0 = random(rows * n, 30);
+    let b = random(n, 31);
+    let (mut y, mut z) = (y0.clone(), y0.clone());
+    let (py, pz, pb) = (P::of(&mut y), P::of(&mut z), P::c(&b));
+    let total = rows * n;
+    // SAFETY: y, z hold rows × n values, b n.
+    unsafe {
+        launch(grid_stride(total), || {
+            ffi::nq_add_bias(py, pb, i(rows), i(n))
+        });
+        launch(grid_stride(total), || {
+            ffi::nq_scale_columns(pz, pb, i(rows), i(n))
+        });
+    }
+    let want_bias: Vec<f64> = (0..total).map(|e| f64::from(y0[e] + b[e % n])).collect();
+    let want_scale: Vec<f64> = (0..total).map(|e| f64::from(y0[e] * b[e % n])).collect();
+    close(&y, &want_bias, 0.0, "add_bias");
+    close(&z, &want_scale, 0.0, "scale_columns");
+    let mut acc = y0.clone();
+    let (pa, pz) = (P::of(&mut acc), P::c(&z));
+    // SAFETY: both hold rows × n values.
+    unsafe { launch(grid_stride(total), || ffi::nq_add_assign(pa, pz, i(total))) };
+    let want: Vec<f64> = (0..total).map(|e| f64::from(y0[e] + z[e])).collect();
+    close(&acc, &want, 0.0, "add_assign");
+}
