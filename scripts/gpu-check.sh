@@ -3,7 +3,8 @@
 # with an NVIDIA GPU but possibly no Rust toolchain.
 #
 #   scripts/gpu-check.sh build        (here) builds the release nq-host and
-#                                     the backend test binary into gpu-check/
+#                                     the backend and GPU-vs-emulation test
+#                                     binaries into gpu-check/
 #   scripts/gpu-check.sh run OUTDIR   (on the GPU machine) finds the CUDA
 #                                     libraries, runs every backend test with
 #                                     NQ_REQUIRE_GPU=1 (a skip fails) and the
@@ -19,17 +20,20 @@ BIN=gpu-check
 build() {
     mkdir -p "$BIN"
     cargo build --release -p nq-host
-    local exe
-    exe=$(cargo test --release -p nq-host --test backend --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys
+    # Test executables: (package, test target, name under $BIN).
+    local pkg target name exe
+    for spec in "nq-host backend backend-tests" "nq-cuda-emu gpu emu-gpu-tests"; do
+        read -r pkg target name <<<"$spec"
+        exe=$(cargo test --release -p "$pkg" --test "$target" --no-run --message-format=json 2>/dev/null |
+            python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "backend" and m.get("executable"):
-        print(m["executable"])')
-    # Stripped: the release profile keeps line tables, and the device
-    # machine takes at most 64 MiB of working tree.
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$target")
+        # Stripped: the device machine takes at most 64 MiB of working tree.
+        strip -o "$BIN/$name" "$exe"
+    done
     strip -o "$BIN/nq-host" target/release/nq-host
-    strip -o "$BIN/backend-tests" "$exe"
     ls -l "$BIN"
 }
 
@@ -62,12 +66,13 @@ PY
 run() {
     local out=${1:?usage: scripts/gpu-check.sh run OUTDIR}
     mkdir -p "$out"
-    [[ -x $BIN/backend-tests ]] || build
+    [[ -x $BIN/backend-tests && -x $BIN/emu-gpu-tests ]] || build
     nvidia-smi -L | tee "$out/gpu.txt" || true
     find_libs | tee "$out/libs.txt"
     export NQ_REQUIRE_GPU=1
     "$BIN/nq-host" devices | tee -a "$out/gpu.txt"
     "$BIN/backend-tests" --nocapture --test-threads 1 2>&1 | tee "$out/backend-tests.log"
+    "$BIN/emu-gpu-tests" --nocapture 2>&1 | tee "$out/emu-gpu-tests.log"
     "$BIN/nq-host" bench admm --shapes 576x576,1536x576,4096x4096,11008x4096 --iters 10 \
         --json | tee "$out/bench-admm.json"
 }

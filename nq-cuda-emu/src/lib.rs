@@ -25,6 +25,7 @@ use nq_cuda::geometry::LaunchConfig;
 
 mod backend;
 pub mod ffi;
+pub mod ops;
 
 pub use backend::EmuBackend;
 

@@ -6,8 +6,7 @@
 //! (The ADMM kernels are covered through `EmuBackend` in nq-host's
 //! tests/backend.rs.)
 
-use nq_cuda::geometry::{attention, grid_stride, per_elem, per_row, sign_matmul};
-use nq_cuda_emu::{ffi, launch, P};
+use nq_cuda_emu::ops;
 use nq_host::model::forward::{rmsnorm, silu, RopeTable};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,10 +32,6 @@ fn close(got: &[f32], want: &[f64], tol: f64, what: &str) {
     }
 }
 
-fn i(v: usize) -> i32 {
-    i32::try_from(v).unwrap()
-}
-
 // ---------------------------------------------------------------- RMSNorm
 
 #[test]
@@ -48,28 +43,10 @@ fn rmsnorm_kernels_match_the_cpu() {
         let (mut want, mut want_inv) = (vec![0.0; rows * d], vec![0.0; rows]);
         rmsnorm(&x, &w, eps, &mut want, &mut want_inv);
 
-        let mut out = vec![0.0f32; rows * d];
-        let mut inv = vec![0.0f32; rows];
+        let out = ops::rmsnorm(&x, &w, eps);
+        let inv = ops::rmsnorm_inv(&x, d, eps);
         let mut inplace = x.clone();
-        let (px, pw, po, pi, pp) = (
-            P::c(&x),
-            P::c(&w),
-            P::of(&mut out),
-            P::of(&mut inv),
-            P::of(&mut inplace),
-        );
-        // SAFETY: x, out and inplace hold rows × d values, w d, inv rows.
-        unsafe {
-            launch(per_row(rows), || {
-                ffi::nq_rmsnorm(px, pw, po, i(rows), i(d), eps)
-            });
-            launch(per_row(rows), || {
-                ffi::nq_rmsnorm_inv(px, pi, i(rows), i(d), eps)
-            });
-            launch(per_row(rows), || {
-                ffi::nq_rmsnorm_inplace(pp, pw, i(rows), i(d), eps)
-            });
-        }
+        ops::rmsnorm_in_place(&mut inplace, &w, eps);
         // Same f64 sum up to order, then the same f32 operations.
         close(&inv, &f64s(&want_inv), 1e-6, "inv");
         close(&out, &f64s(&want), 1e-6, "rmsnorm");
@@ -123,20 +100,8 @@ fn rmsnorm_backward_matches_finite_differences() {
         let mut dx = vec![0.0f32; rows * d];
         let mut dx_acc = vec![1.0f32; rows * d];
         let mut dw = vec![0.5f32; d];
-        let (px, pw, pi, pdy) = (P::c(&x), P::c(&w), P::c(&inv), P::c(&dy));
-        let (pdx, pacc, pdw) = (P::of(&mut dx), P::of(&mut dx_acc), P::of(&mut dw));
-        // SAFETY: x, dy, dx, dx_acc hold rows × d values, w and dw d, inv rows.
-        unsafe {
-            launch(per_row(rows), || {
-                ffi::nq_rmsnorm_backward(px, pw, pi, pdy, pdx, i(rows), i(d), 0)
-            });
-            launch(per_row(rows), || {
-                ffi::nq_rmsnorm_backward(px, pw, pi, pdy, pacc, i(rows), i(d), 1)
-            });
-            launch(per_elem(d), || {
-                ffi::nq_rmsnorm_weight_grad(px, pi, pdy, pdw, i(rows), i(d))
-            });
-        }
+        ops::rmsnorm_backward((&x, &w, &inv), &dy, &mut dx, false, None);
+        ops::rmsnorm_backward((&x, &w, &inv), &dy, &mut dx_acc, true, Some(&mut dw));
         close(&dx, &want_dx, 1e-5, "rmsnorm dx");
         let acc_want: Vec<f64> = dx.iter().map(|&v| f64::from(v) + 1.0).collect();
         close(&dx_acc, &acc_want, 1e-6, "rmsnorm dx accumulated");
@@ -152,24 +117,12 @@ fn rope_and_its_backward_match_the_cpu_table() {
     let (t, heads, head_dim) = (7, 3, 10);
     let table = RopeTable::new(head_dim, 10_000.0, t);
     let (cos, sin) = table.tables();
-    let half = head_dim / 2;
     for inverse in [false, true] {
         let x = random(t * heads * head_dim, 6);
         let mut want = x.clone();
         table.apply(&mut want, heads, inverse);
         let mut got = x.clone();
-        let (pg, pc, ps) = (P::of(&mut got), P::c(cos), P::c(sin));
-        let cfg = grid_stride(t * heads * half);
-        // SAFETY: got holds t × heads·head_dim values, the tables t × half.
-        unsafe {
-            if inverse {
-                launch(cfg, || {
-                    ffi::nq_rope_backward(pg, pc, ps, i(t), i(heads), i(half))
-                });
-            } else {
-                launch(cfg, || ffi::nq_rope(pg, pc, ps, i(t), i(heads), i(half)));
-            }
-        }
+        ops::rope(&mut got, cos, sin, t, heads, inverse);
         // The same f32 operations in the same order: bit for bit.
         assert_eq!(got, want, "rope inverse={inverse}");
     }
@@ -179,16 +132,8 @@ fn rope_and_its_backward_match_the_cpu_table() {
         random(t * heads * head_dim, 8),
     );
     let (mut rx, mut rty) = (x.clone(), y.clone());
-    let (pc, ps) = (P::c(cos), P::c(sin));
-    let (px, py) = (P::of(&mut rx), P::of(&mut rty));
-    let cfg = grid_stride(t * heads * half);
-    // SAFETY: as above.
-    unsafe {
-        launch(cfg, || ffi::nq_rope(px, pc, ps, i(t), i(heads), i(half)));
-        launch(cfg, || {
-            ffi::nq_rope_backward(py, pc, ps, i(t), i(heads), i(half))
-        });
-    }
+    ops::rope(&mut rx, cos, sin, t, heads, false);
+    ops::rope(&mut rty, cos, sin, t, heads, true);
     let dot = |a: &[f32], b: &[f32]| -> f64 {
         a.iter()
             .zip(b)
@@ -207,17 +152,8 @@ fn silu_mul_and_its_backward() {
     let n = 700;
     let (g, u, da) = (random(n, 9), random(n, 10), random(n, 11));
     let g: Vec<f32> = g.iter().map(|v| 6.0 * v).collect(); // both tails of σ
-    let mut out = vec![0.0f32; n];
-    let (mut dg, mut du) = (vec![0.0f32; n], vec![0.0f32; n]);
-    let (pg, pu, pda) = (P::c(&g), P::c(&u), P::c(&da));
-    let (po, pdg, pdu) = (P::of(&mut out), P::of(&mut dg), P::of(&mut du));
-    // SAFETY: every buffer holds n values.
-    unsafe {
-        launch(grid_stride(n), || ffi::nq_silu_mul(po, pg, pu, i(n)));
-        launch(grid_stride(n), || {
-            ffi::nq_swiglu_backward(pg, pu, pda, pdg, pdu, i(n))
-        });
-    }
+    let out = ops::silu_mul(&g, &u);
+    let (dg, du) = ops::swiglu_backward(&g, &u, &da);
     let want: Vec<f64> = (0..n).map(|e| f64::from(silu(g[e]) * u[e])).collect();
     close(&out, &want, 1e-6, "silu_mul");
     let silu64 = |x: f64| x / (1.0 + (-x).exp());
@@ -384,33 +320,11 @@ fn attention_kernels_forward_probs_and_backward() {
         let k = random(t * kvd, 17);
         let v = random(t * kvd, 18);
         let dout = random(t * qd, 19);
-        let scale = 1.0 / (d as f32).sqrt();
-
-        let mut out = vec![0.0f32; t * qd];
-        let mut probs = vec![f32::NAN; h * t * t];
-        let mut ds = vec![f32::NAN; h * t * t];
-        let mut dq = vec![0.0f32; t * qd];
-        let (mut dk, mut dv) = (vec![0.0f32; t * kvd], vec![0.0f32; t * kvd]);
-        let (pq, pk, pv, pdo) = (P::c(&q), P::c(&k), P::c(&v), P::c(&dout));
-        let (po, pp, pds) = (P::of(&mut out), P::of(&mut probs), P::of(&mut ds));
-        let (pdq, pdk, pdv) = (P::of(&mut dq), P::of(&mut dk), P::of(&mut dv));
-        let (ti, hi, kvi, di) = (i(t), i(h), i(kvh), i(d));
-        // SAFETY: q, out, dout, dq hold t × h·d values; k, v, dk, dv
-        // t × kvh·d; probs and ds h × t × t.
-        unsafe {
-            launch(attention(t, h, 1), || {
-                ffi::nq_attention(pq, pk, pv, po, ti, hi, kvi, di, scale)
-            });
-            launch(attention(t, h, 1), || {
-                ffi::nq_attention_probs(pq, pk, pp, ti, hi, kvi, di, scale)
-            });
-            launch(attention(t, h, 1), || {
-                ffi::nq_attention_backward_q(pp, pdo, pk, pv, pds, pdq, ti, hi, kvi, di, scale)
-            });
-            launch(attention(t, kvh, 0), || {
-                ffi::nq_attention_backward_kv(pp, pds, pq, pdo, pdk, pdv, ti, hi, kvi, di)
-            });
-        }
+        let hs = (h, kvh, d);
+        let out = ops::attention(&q, &k, &v, t, hs);
+        let probs = ops::attention_probs(&q, &k, t, hs);
+        let ops::AttentionGrads { dq, dk, dv, ds } =
+            ops::attention_backward((&q, &k, &v, &probs), &dout, t, hs);
         let (q64, k64, v64) = (f64s(&q), f64s(&k), f64s(&v));
         let (want_out, want_probs) = attention64(&q64, &k64, &v64, &s);
         close(&out, &want_out, 1e-5, "attention out");
@@ -437,34 +351,15 @@ fn packed_signs_are_the_blob_layout_and_multiply_correctly() {
     for (rows, cols) in [(1, 1), (16, 32), (17, 33), (40, 75)] {
         let mut x = random(rows * cols, (rows * cols) as u64);
         x[0] = -0.0; // sign(−0) = +1
-        let col_bytes = nq_core::sign::col_bytes(cols);
         let want = nq_core::SignMatrix::from_signs_of(rows, cols, &x).into_bytes();
-        let mut packed = vec![0xAAu8; want.len()];
-        let (px, pb) = (P::c(&x), P::of(&mut packed));
-        // SAFETY: x holds rows × cols values, packed the whole tile layout.
-        unsafe {
-            launch(grid_stride(packed.len()), || {
-                ffi::nq_pack_signs(px, i(rows), i(cols), i(col_bytes), pb)
-            });
-        }
+        let packed = ops::pack_signs(&x, rows, cols);
         assert_eq!(packed, want, "{rows} × {cols}");
 
         // ±1 signs through nq_signs, and the packed product against them.
-        let mut s = vec![0.0f32; rows * cols];
-        let ps = P::of(&mut s);
+        let s = ops::signs(&x);
         let tokens = 3;
         let xin = random(tokens * cols, 99);
-        let mut y = vec![0.0f32; tokens * rows];
-        let (pxin, py, pbytes) = (P::c(&xin), P::of(&mut y), P::c(&packed));
-        // SAFETY: s like x; xin tokens × cols, y tokens × rows.
-        unsafe {
-            launch(grid_stride(rows * cols), || {
-                ffi::nq_signs(px, ps, i(rows * cols))
-            });
-            launch(sign_matmul(rows, tokens), || {
-                ffi::nq_sign_matmul(pbytes, i(rows), i(cols), i(col_bytes), pxin, i(tokens), py)
-            });
-        }
+        let y = ops::sign_matmul(&packed, rows, cols, &xin, tokens);
         for (sv, xv) in s.iter().zip(&x) {
             assert_eq!(*sv, if *xv < 0.0 { -1.0 } else { 1.0 });
         }
@@ -486,23 +381,7 @@ fn scale_gradients_match_their_definition() {
     let dw = random(m * n, 20);
     let p: Vec<f32> = random(m * n, 21).iter().map(|v| v.signum() * 3.0).collect();
     let (s_post, s_pre) = (random(m, 22), random(n, 23));
-    let mut g = vec![0.0f32; m * n];
-    let (mut gpost, mut gpre) = (vec![0.0f32; m], vec![0.0f32; n]);
-    let (pdw, pp, pso, psi) = (P::c(&dw), P::c(&p), P::c(&s_post), P::c(&s_pre));
-    let (pg, pgo, pgi) = (P::of(&mut g), P::of(&mut gpost), P::of(&mut gpre));
-    let (mi, ni) = (i(m), i(n));
-    // SAFETY: dw, p, g hold m × n values; s_post, gpost m; s_pre, gpre n.
-    unsafe {
-        launch(grid_stride(m * n), || {
-            ffi::nq_scale_outer(pdw, pso, psi, pg, mi, ni)
-        });
-        launch(per_row(m), || {
-            ffi::nq_scale_grad_post(pdw, pp, psi, pgo, mi, ni)
-        });
-        launch(per_elem(n), || {
-            ffi::nq_scale_grad_pre(pdw, pp, pso, pgi, mi, ni)
-        });
-    }
+    let (g, gpre, gpost) = ops::scale_grads((&dw, &p), (&s_pre, &s_post));
     let at = |e: usize| f64::from(dw[e]) * f64::from(p[e]);
     let want_g: Vec<f64> = (0..m * n)
         .map(|e| f64::from(dw[e]) * f64::from(s_post[e / n]) * f64::from(s_pre[e % n]))
@@ -521,22 +400,15 @@ fn scale_gradients_match_their_definition() {
 #[test]
 fn adamw_steps_follow_the_update_rule() {
     let n = 600;
-    let (b1, b2, eps, lr, wd) = (0.9f32, 0.999f32, 1e-8f32, 1e-2f32, 0.1f32);
+    let (b1, b2, eps) = (nq_cuda::ADAM_BETA1, nq_cuda::ADAM_BETA2, nq_cuda::ADAM_EPS);
+    let (lr, wd) = (1e-2f32, 0.1f32);
     let mut p = random(n, 24);
     let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
     let mut p64 = f64s(&p);
     let (mut m64, mut v64) = (vec![0.0f64; n], vec![0.0f64; n]);
     for step in 1..=5 {
         let g = random(n, 100 + step);
-        let c1 = 1.0 - b1.powi(step as i32);
-        let c2 = 1.0 - b2.powi(step as i32);
-        let (pp, pg, pm, pv) = (P::of(&mut p), P::c(&g), P::of(&mut m), P::of(&mut v));
-        // SAFETY: all four hold n values.
-        unsafe {
-            launch(grid_stride(n), || {
-                ffi::nq_adamw(pp, pg, pm, pv, i(n), lr, wd, b1, b2, eps, c1, c2)
-            });
-        }
+        ops::adamw(&mut p, &g, (&mut m, &mut v), step as i32, lr, wd);
         let (b1, b2) = (f64::from(b1), f64::from(b2));
         for e in 0..n {
             let ge = f64::from(g[e]);
@@ -558,25 +430,15 @@ fn small_element_wise_kernels() {
     let y0 = random(rows * n, 30);
     let b = random(n, 31);
     let (mut y, mut z) = (y0.clone(), y0.clone());
-    let (py, pz, pb) = (P::of(&mut y), P::of(&mut z), P::c(&b));
+    ops::per_column(&mut y, &b, false);
+    ops::per_column(&mut z, &b, true);
     let total = rows * n;
-    // SAFETY: y, z hold rows × n values, b n.
-    unsafe {
-        launch(grid_stride(total), || {
-            ffi::nq_add_bias(py, pb, i(rows), i(n))
-        });
-        launch(grid_stride(total), || {
-            ffi::nq_scale_columns(pz, pb, i(rows), i(n))
-        });
-    }
     let want_bias: Vec<f64> = (0..total).map(|e| f64::from(y0[e] + b[e % n])).collect();
     let want_scale: Vec<f64> = (0..total).map(|e| f64::from(y0[e] * b[e % n])).collect();
     close(&y, &want_bias, 0.0, "add_bias");
     close(&z, &want_scale, 0.0, "scale_columns");
     let mut acc = y0.clone();
-    let (pa, pz) = (P::of(&mut acc), P::c(&z));
-    // SAFETY: both hold rows × n values.
-    unsafe { launch(grid_stride(total), || ffi::nq_add_assign(pa, pz, i(total))) };
+    ops::add_assign(&mut acc, &z);
     let want: Vec<f64> = (0..total).map(|e| f64::from(y0[e] + z[e])).collect();
     close(&acc, &want, 0.0, "add_assign");
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
 use cudarc::cusolver::sys as solver_sys;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -50,8 +50,8 @@ pub enum GemmPrecision {
 /// Every kernel bounds its indexing by the shape arguments passed with it;
 /// callers check those shapes against the buffers before launching.
 macro_rules! launch {
-    ($gpu:expr, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let cfg: LaunchConfig = $cfg;
+    ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let cfg: cudarc::driver::LaunchConfig = $cfg;
         let f = $gpu.function($name)?;
         let mut b = $gpu.stream.launch_builder(f);
         $( b.arg($arg); )+
@@ -62,6 +62,10 @@ macro_rules! launch {
 }
 
 use crate::geometry::{grid_stride, per_elem, per_row, single_block};
+
+#[path = "gpu_train.rs"]
+mod train;
+pub use train::{HeadShape, ADAM_BETA1, ADAM_BETA2, ADAM_EPS};
 
 /// cuSOLVER dense handle.
 struct Solver(solver_sys::cusolverDnHandle_t);
@@ -723,6 +727,19 @@ impl Gpu {
         t: usize,
         heads: usize,
     ) -> Result<(), CudaError> {
+        self.rotate("nq_rope", x, cos, sin, t, heads)
+    }
+
+    /// Launches `nq_rope` or `nq_rope_backward` after checking the shapes.
+    fn rotate(
+        &self,
+        kernel: &'static str,
+        x: &mut Buf,
+        cos: &Buf,
+        sin: &Buf,
+        t: usize,
+        heads: usize,
+    ) -> Result<(), CudaError> {
         let width = x.len().checked_div(t).unwrap_or(0);
         if t == 0 || heads == 0 || !width.is_multiple_of(2 * heads) {
             return Err(CudaError::new("rope: shape does not match the buffer"));
@@ -737,7 +754,7 @@ impl Gpu {
         let half_i = i32::try_from(half).map_err(|_| CudaError::new("head too wide"))?;
         launch!(
             self,
-            "nq_rope",
+            kernel,
             grid_stride(t * heads * half),
             x,
             cos,

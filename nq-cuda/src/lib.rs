@@ -23,7 +23,7 @@ pub mod kernels;
 pub mod nvrtc;
 
 pub use cudarc::driver::CudaSlice;
-pub use gpu::{Buf, GemmPrecision, Gpu, Op};
+pub use gpu::{Buf, GemmPrecision, Gpu, HeadShape, Op, ADAM_BETA1, ADAM_BETA2, ADAM_EPS};
 
 /// A CUDA failure, as one line for users.
 #[derive(Clone, Debug, PartialEq, Eq)]
