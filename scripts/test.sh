@@ -28,8 +28,9 @@ esac
 
 RUST_COMPONENTS=(rustfmt clippy)
 CROSS_TARGETS=(aarch64-unknown-linux-gnu thumbv7em-none-eabihf thumbv8m.main-none-eabihf thumbv6m-none-eabi)
-# gcc and libc6-dev: the host linker (`cc`) that rustc needs.
-HOST_PACKAGES=(gcc libc6-dev)
+# gcc and libc6-dev: the host linker (`cc`) that rustc needs; g++: the C++
+# compiler nq-cuda-emu builds the emulated CUDA kernels with (C++20).
+HOST_PACKAGES=(gcc g++ libc6-dev)
 # The aarch64 cross linker and sysroot, qemu-aarch64 (user mode, runs the
 # aarch64 tests) and qemu-system-arm (boots the Cortex-M examples).
 CROSS_PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-system-arm)
@@ -126,7 +127,7 @@ ensure_debian_packages() {
     local missing=() pkg out
     if ! command -v dpkg-query >/dev/null 2>&1; then
         # Not Debian: check for the tools and let the user install them.
-        local tools=(cc)
+        local tools=(cc c++)
         ((QUICK)) || tools+=(aarch64-linux-gnu-gcc qemu-aarch64 qemu-system-arm python3 npm)
         for pkg in "${tools[@]}"; do
             command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
