@@ -83,6 +83,7 @@ pub struct Gpu {
     functions: HashMap<&'static str, CudaFunction>,
     /// The solver handle, one user at a time.
     solver: Mutex<Solver>,
+    precision: GemmPrecision,
 }
 
 fn err(what: &str, e: impl std::fmt::Debug) -> CudaError {
@@ -185,7 +186,13 @@ impl Gpu {
             blas,
             functions,
             solver: Mutex::new(Solver(handle)),
+            precision,
         })
+    }
+
+    /// The arithmetic of this device's cuBLAS products.
+    pub fn precision(&self) -> GemmPrecision {
+        self.precision
     }
 
     /// The device.

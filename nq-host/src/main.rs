@@ -83,6 +83,10 @@ enum BenchCommand {
         /// Device of the large products (auto, cpu, cuda).
         #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
         device: nq_host::backend::DeviceChoice,
+        /// Arithmetic of the GPU's products: f32, or tf32 (tensor cores,
+        /// ~1e-3 relative product error). Ignored on the CPU.
+        #[arg(long, value_enum, default_value_t = nq_host::backend::GpuMath::F32)]
+        gpu_math: nq_host::backend::GpuMath,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -107,6 +111,10 @@ enum BenchCommand {
         /// or cuda (GPU only).
         #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
         device: nq_host::backend::DeviceChoice,
+        /// Arithmetic of the GPU's products: f32, or tf32 (tensor cores,
+        /// ~1e-3 relative product error). Ignored on the CPU.
+        #[arg(long, value_enum, default_value_t = nq_host::backend::GpuMath::F32)]
+        gpu_math: nq_host::backend::GpuMath,
         /// Worker threads of the CPU runs (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -143,6 +151,10 @@ struct EvalArgs {
     /// the CPU), cpu, or cuda (an error without a GPU).
     #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
     device: nq_host::backend::DeviceChoice,
+    /// Arithmetic of the GPU's products: f32, or tf32 (tensor cores,
+    /// ~1e-3 relative product error). Ignored on the CPU.
+    #[arg(long, value_enum, default_value_t = nq_host::backend::GpuMath::F32)]
+    gpu_math: nq_host::backend::GpuMath,
 }
 
 #[derive(clap::Args)]
@@ -197,11 +209,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bpw,
             iters,
             device,
+            gpu_math,
             threads,
             json,
         }) => {
             cli::set_threads(threads)?;
-            bench_admm(&shapes, bpw, iters, device, json)
+            bench_admm(&shapes, bpw, iters, (device, gpu_math), json)
         }
         Command::Bench(BenchCommand::Fp32 {
             model,
@@ -211,10 +224,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_backward,
             threads,
             device,
+            gpu_math,
             json,
         }) => {
             cli::set_threads(threads)?;
-            let (_, device) = use_device(device)?;
+            let (_, device) = use_device(device, gpu_math)?;
             if ctx < 2 {
                 bail!("--ctx must be at least 2");
             }
@@ -280,9 +294,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// error of a later input check.
 fn use_device(
     device: nq_host::backend::DeviceChoice,
+    math: nq_host::backend::GpuMath,
 ) -> anyhow::Result<(nq_host::backend::Compute, String)> {
-    let (compute, notice) =
-        nq_host::backend::select(device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let (compute, notice) = nq_host::backend::select_with(device, math)
+        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     compute.install_offload();
     let line = notice.unwrap_or_else(|| compute.describe());
     Ok((compute, line))
@@ -292,10 +307,10 @@ fn bench_admm(
     shapes: &[String],
     bpw: f64,
     iters: usize,
-    device: nq_host::backend::DeviceChoice,
+    (device, math): (nq_host::backend::DeviceChoice, nq_host::backend::GpuMath),
     json: bool,
 ) -> anyhow::Result<()> {
-    use nq_host::backend::{select, Compute, DeviceChoice};
+    use nq_host::backend::{select_with, Compute, DeviceChoice};
     if iters == 0 {
         bail!("--iters must be at least 1");
     }
@@ -320,7 +335,8 @@ fn bench_admm(
         .iter()
         .map(|s| parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (compute, notice) = select(device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let (compute, notice) =
+        select_with(device, math).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     if let Some(n) = notice {
         eprintln!("note: {n}");
     }
@@ -350,7 +366,7 @@ fn bench_admm(
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
     cli::set_threads(args.threads)?;
-    let (compute, device) = use_device(args.device)?;
+    let (compute, device) = use_device(args.device, args.gpu_math)?;
     if args.ctx < 2 {
         bail!("--ctx must be at least 2");
     }

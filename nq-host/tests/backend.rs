@@ -256,6 +256,30 @@ fn cpu_backend_matches_the_oracles() {
     conformance(&CpuBackend::default());
 }
 
+/// `--gpu-math tf32`: the products run on tensor cores with 10-bit
+/// mantissas, so they match the f64 oracle to ~1e-3, not 1e-5.
+#[test]
+fn cuda_tf32_products_are_close() {
+    if gpu().is_none() {
+        return;
+    }
+    let g = CudaBackend::open_with(0, nq_host::backend::GpuMath::Tf32).unwrap();
+    assert_eq!(g.gpu().precision(), nq_cuda::GemmPrecision::Tf32);
+    let (m, n, k) = (64, 48, 256);
+    let (a, b) = (random(m * k, 40), random(k * n, 41));
+    for op in [Op::Nn, Op::Nt, Op::Tn] {
+        let (da, db) = (g.upload(&a).unwrap(), g.upload(&b).unwrap());
+        let mut dc = g.zeros(m * n).unwrap();
+        g.matmul(&mut dc, &da, &db, op, (m, n, k)).unwrap();
+        close(
+            &get(&g, &dc, m * n),
+            &oracle_matmul(&a, &b, op, (m, n, k)),
+            1e-2,
+            "tf32 matmul",
+        );
+    }
+}
+
 #[test]
 fn emulated_cuda_kernels_match_the_oracles() {
     conformance(&nq_cuda_emu::EmuBackend::default());

@@ -290,6 +290,19 @@ fn quantize_refuses_bad_input_cleanly() {
             &out,
         );
     }
+    // A bad option value is clap's usage error: the error on the first line,
+    // then the possible values and a pointer to --help.
+    let o = q(&model, &calib, &["--gpu-math", "fast"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !out.exists());
+    assert!(
+        err.lines().next().unwrap_or("").contains("'--gpu-math"),
+        "{err}"
+    );
+    assert!(
+        err.contains("f32, tf32") && !err.contains("panicked"),
+        "{err}"
+    );
     assert_refused(
         &q(&model, &calib, &["--calib-windows", "0"]),
         "at least 1 window",
@@ -327,6 +340,9 @@ fn statistics_cache_is_reused_only_for_the_same_inputs() {
     let (b, cached_b) = run("b", &[]);
     assert!(cached_b, "same inputs: the cache is used");
     assert!(a == b, "cached statistics give the same blob");
+    // The GPU's product arithmetic does not touch a CPU run.
+    let (e, cached_e) = run("e", &["--device", "cpu", "--gpu-math", "tf32"]);
+    assert!(cached_e && a == e, "--gpu-math is ignored on the CPU");
     let (_, cached_c) = run("c", &["--seed", "5"]);
     assert!(!cached_c, "other calibration windows: recomputed");
     std::fs::write(&stats, b"garbage").unwrap();

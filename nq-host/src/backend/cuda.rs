@@ -2,7 +2,7 @@
 //! factorization; only the start (weights, initial factors) and the end
 //! (factors, latents) cross the bus.
 
-use super::{Backend, BackendError, Op};
+use super::{Backend, BackendError, GpuMath, Op};
 
 /// One CUDA device as a quantizer backend.
 pub struct CudaBackend {
@@ -13,7 +13,16 @@ impl CudaBackend {
     /// Opens CUDA device `ordinal` with IEEE f32 products (the setting whose
     /// results match the CPU backend to rounding).
     pub fn open(ordinal: usize) -> Result<Self, BackendError> {
-        let gpu = nq_cuda::Gpu::new(ordinal, nq_cuda::GemmPrecision::F32).map_err(device)?;
+        Self::open_with(ordinal, GpuMath::F32)
+    }
+
+    /// [`CudaBackend::open`] with the given product arithmetic.
+    pub fn open_with(ordinal: usize, math: GpuMath) -> Result<Self, BackendError> {
+        let precision = match math {
+            GpuMath::F32 => nq_cuda::GemmPrecision::F32,
+            GpuMath::Tf32 => nq_cuda::GemmPrecision::Tf32,
+        };
+        let gpu = nq_cuda::Gpu::new(ordinal, precision).map_err(device)?;
         Ok(Self { gpu })
     }
 

@@ -141,7 +141,11 @@ impl Compute {
             Self::Cpu => "cpu".into(),
             Self::Cuda(g) => {
                 let d = g.gpu().info();
-                format!("cuda:{} {}", d.ordinal, d.name)
+                let math = match g.gpu().precision() {
+                    nq_cuda::GemmPrecision::F32 => "",
+                    nq_cuda::GemmPrecision::Tf32 => " (tf32 products)",
+                };
+                format!("cuda:{} {}{math}", d.ordinal, d.name)
             }
         }
     }
@@ -180,21 +184,44 @@ pub enum DeviceChoice {
     Cuda,
 }
 
-/// Opens the device `choice` asks for. `auto` falls back to the CPU and
-/// returns a one-line notice saying why; `cuda` without a usable GPU is an
-/// error. Never panics.
+/// Arithmetic of the GPU's matrix products (`--gpu-math`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuMath {
+    /// IEEE f32 products: the CPU's results to rounding (the default).
+    #[default]
+    F32,
+    /// TF32 tensor cores (Ampere and later): f32 data and accumulation,
+    /// products of 10-bit mantissas; several times the f32 rate, with
+    /// relative product errors around 1e-3 instead of 1e-7.
+    Tf32,
+}
+
+/// Opens the device `choice` asks for, with f32 products. `auto` falls back
+/// to the CPU and returns a one-line notice saying why; `cuda` without a
+/// usable GPU is an error. Never panics.
 pub fn select(choice: DeviceChoice) -> Result<(Compute, Option<String>), BackendError> {
+    select_with(choice, GpuMath::F32)
+}
+
+/// [`select`] with the GPU's product arithmetic (ignored on the CPU).
+pub fn select_with(
+    choice: DeviceChoice,
+    math: GpuMath,
+) -> Result<(Compute, Option<String>), BackendError> {
     match choice {
         DeviceChoice::Cpu => Ok((Compute::Cpu, None)),
         DeviceChoice::Cuda => match nq_cuda::probe() {
-            nq_cuda::Probe::Ready(_) => Ok((Compute::Cuda(Arc::new(CudaBackend::open(0)?)), None)),
+            nq_cuda::Probe::Ready(_) => Ok((
+                Compute::Cuda(Arc::new(CudaBackend::open_with(0, math)?)),
+                None,
+            )),
             p => Err(BackendError::Device(format!(
                 "no usable CUDA GPU ({}); use --device cpu",
                 p.describe()
             ))),
         },
         DeviceChoice::Auto => match nq_cuda::probe() {
-            nq_cuda::Probe::Ready(_) => match CudaBackend::open(0) {
+            nq_cuda::Probe::Ready(_) => match CudaBackend::open_with(0, math) {
                 Ok(g) => Ok((Compute::Cuda(Arc::new(g)), None)),
                 Err(e) => Ok((
                     Compute::Cpu,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context as _};
-use nq_host::backend::{select, DeviceChoice};
+use nq_host::backend::{select_with, DeviceChoice, GpuMath};
 use nq_host::quant::calib::{sample_windows, tokenize_files, CalibOptions};
 use nq_host::quant::export::{build_blob, EmbedFormat};
 use nq_host::quant::factor::{AdmmOptions, Method};
@@ -147,6 +147,11 @@ pub struct QuantizeArgs {
     /// the large products of statistics, reconstruction and KD go there too.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// Arithmetic of the GPU's products: f32 (the CPU's results to
+    /// rounding), or tf32 (tensor cores: faster, ~1e-3 relative product
+    /// error). Ignored on the CPU.
+    #[arg(long, value_enum, default_value_t = GpuMath::F32)]
+    gpu_math: GpuMath,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -249,7 +254,8 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     if admm_iters == 0 && a.method == Method::NanoQuant {
         bail!("--admm-iters must be at least 1");
     }
-    let (compute, notice) = select(a.device).map_err(|e| anyhow!("--device: {e}"))?;
+    let (compute, notice) =
+        select_with(a.device, a.gpu_math).map_err(|e| anyhow!("--device: {e}"))?;
     compute.install_offload();
     super::set_threads(a.threads)?;
     check_writable(&a.out)?;
