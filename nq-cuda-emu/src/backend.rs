@@ -4,7 +4,7 @@
 use nq_cuda::geometry::{grid_stride, per_elem, per_row, single_block};
 use nq_host::backend::{Backend, BackendError, CpuBackend, Op};
 
-use crate::{ffi, launch, P};
+use crate::{ffi, launch, ops, P};
 
 /// The CUDA backend with its kernels emulated on the CPU: every element-wise
 /// and reduction step runs the `.cu` source; the products (cuBLAS on a GPU)
@@ -283,6 +283,77 @@ impl Backend for EmuBackend {
         if bad[0] != 0 {
             return Err(BackendError::Numerical("non-finite inverse"));
         }
+        Ok(())
+    }
+    fn signs(&self, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<(), BackendError> {
+        if x.len() != out.len() {
+            return Err(BackendError::Device("signs: length mismatch".into()));
+        }
+        out.copy_from_slice(&ops::signs(x));
+        Ok(())
+    }
+
+    fn scale_rows(&self, x: &mut Vec<f32>, s: &Vec<f32>) -> Result<(), BackendError> {
+        let n = x.len().checked_div(s.len()).unwrap_or(0);
+        shape(x.len(), s.len(), n)?;
+        if !x.is_empty() {
+            ops::scale_rows(x, s);
+        }
+        Ok(())
+    }
+
+    fn scale_columns(&self, x: &mut Vec<f32>, s: &Vec<f32>) -> Result<(), BackendError> {
+        let rows = x.len().checked_div(s.len()).unwrap_or(0);
+        shape(x.len(), rows, s.len())?;
+        if !x.is_empty() {
+            ops::per_column(x, s, true);
+        }
+        Ok(())
+    }
+
+    fn scale_grads(
+        &self,
+        dw: &Vec<f32>,
+        p: &Vec<f32>,
+        s_pre: &Vec<f32>,
+        s_post: &Vec<f32>,
+        g: &mut Vec<f32>,
+        d_pre: &mut Vec<f32>,
+        d_post: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let (m, n) = (s_post.len(), s_pre.len());
+        shape(dw.len(), m, n)?;
+        shape(p.len(), m, n)?;
+        shape(g.len(), m, n)?;
+        if d_pre.len() != n || d_post.len() != m {
+            return Err(BackendError::Device(
+                "scale_grads: gradient lengths differ from the scales".into(),
+            ));
+        }
+        let (og, opre, opost) = ops::scale_grads((dw, p), (s_pre, s_post));
+        g.copy_from_slice(&og);
+        d_pre.copy_from_slice(&opre);
+        d_post.copy_from_slice(&opost);
+        Ok(())
+    }
+
+    fn adamw(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        step: i32,
+        lr: f32,
+        wd: f32,
+    ) -> Result<(), BackendError> {
+        if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
+            return Err(BackendError::Device("adamw: length mismatch".into()));
+        }
+        if step < 1 {
+            return Err(BackendError::Device("adamw: steps count from 1".into()));
+        }
+        ops::adamw(p, g, (m, v), step, lr, wd);
         Ok(())
     }
 }

@@ -120,6 +120,7 @@ extern "C" {
 
     // train.cu
     pub fn nq_signs(x: P<f32>, out: P<f32>, n: i32);
+    pub fn nq_scale_rows(y: P<f32>, s: P<f32>, rows: i32, n: i32);
     pub fn nq_scale_outer(dw: P<f32>, s_post: P<f32>, s_pre: P<f32>, g: P<f32>, m: i32, n: i32);
     pub fn nq_scale_grad_post(dw: P<f32>, p: P<f32>, s_pre: P<f32>, out: P<f32>, m: i32, n: i32);
     pub fn nq_scale_grad_pre(dw: P<f32>, p: P<f32>, s_post: P<f32>, out: P<f32>, m: i32, n: i32);

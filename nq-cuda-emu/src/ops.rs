@@ -322,6 +322,19 @@ pub fn sign_matmul(packed: &[u8], rows: usize, cols: usize, x: &[f32], t: usize)
     y
 }
 
+/// `Gpu::scale_rows`: `y[i] *= s[i]` (`s.len() × n`).
+pub fn scale_rows(y: &mut [f32], s: &[f32]) {
+    let n = y.len() / s.len().max(1);
+    assert_eq!(n * s.len(), y.len());
+    let (py, ps) = (P::of(y), P::c(s));
+    // SAFETY: y holds s.len() × n values.
+    unsafe {
+        launch(grid_stride(y.len()), || {
+            ffi::nq_scale_rows(py, ps, i(s.len()), i(n))
+        })
+    };
+}
+
 /// `y[r] (op)= b` for the rows of `y` (`Gpu::add_bias` with `scale =
 /// false`, `Gpu::scale_columns` with `scale = true`).
 pub fn per_column(y: &mut [f32], b: &[f32], scale: bool) {

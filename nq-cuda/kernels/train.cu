@@ -11,6 +11,14 @@ extern "C" __global__ void nq_signs(const float* x, float* out, int n) {
         out[e] = x[e] < 0.0f ? -1.0f : 1.0f;
 }
 
+// y[i][j] *= s[i] (rows × n): diag(s_post)·U when forming Ŵ.
+extern "C" __global__ void nq_scale_rows(float* y, const float* s, int rows, int n) {
+    size_t total = (size_t)rows * n;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x)
+        y[e] *= s[e / n];
+}
+
 // g[i][j] = dw[i][j] · (s_post[i] · s_pre[j]) (m × n): ∂L/∂(U·V) from
 // ∂L/∂Ŵ, the input of the two latent-gradient products.
 extern "C" __global__ void nq_scale_outer(const float* dw, const float* s_post, const float* s_pre,

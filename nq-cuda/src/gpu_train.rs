@@ -257,6 +257,17 @@ impl Gpu {
         Ok(())
     }
 
+    /// `y[i] *= s[i]` for every row `i` of `y` (`s.len() × n`).
+    pub fn scale_rows(&self, y: &mut Buf, s: &Buf) -> Result<(), CudaError> {
+        let n = y.len().checked_div(s.len()).unwrap_or(0);
+        let (r, ni) = shape(y.len(), s.len(), n)?;
+        if y.is_empty() {
+            return Ok(());
+        }
+        launch!(self, "nq_scale_rows", grid_stride(y.len()), y, s, &r, &ni);
+        Ok(())
+    }
+
     /// Gradients of a factorized layer's scales and the input of its latent
     /// gradients, from `dw = ∂L/∂Ŵ` and `p = U·V` (both `m × n`):
     /// `g = dw ⊙ s_post s_preᵀ`, `d_pre = ∂L/∂s_pre`, `d_post = ∂L/∂s_post`

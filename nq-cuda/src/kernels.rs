@@ -91,6 +91,7 @@ pub const TRAIN: KernelSource = KernelSource {
     source: with_common!("../kernels/train.cu"),
     entry_points: &[
         "nq_signs",
+        "nq_scale_rows",
         "nq_scale_outer",
         "nq_scale_grad_post",
         "nq_scale_grad_pre",

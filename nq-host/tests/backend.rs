@@ -225,6 +225,110 @@ fn conformance<B: Backend>(be: &B) {
             }
         }
     }
+    // Straight-through training ops: signs, row/column scaling, the scale
+    // gradients (f64 oracles), AdamW (an f64 evaluation of its formula).
+    let (m, n) = (7, 300);
+    let x = random(m * n, 50);
+    let (s_pre, s_post) = (random(n, 51), random(m, 52));
+    let dx = be.upload(&x).unwrap();
+    let mut sg = be.zeros(m * n).unwrap();
+    be.signs(&dx, &mut sg).unwrap();
+    let want: Vec<f64> = x
+        .iter()
+        .map(|&v| if v < 0.0 { -1.0 } else { 1.0 })
+        .collect();
+    close(&get(be, &sg, m * n), &want, 0.0, "signs");
+    let mut rows = be.upload(&x).unwrap();
+    be.scale_rows(&mut rows, &be.upload(&s_post).unwrap())
+        .unwrap();
+    let want: Vec<f64> = (0..m * n)
+        .map(|e| f64::from(x[e] * s_post[e / n]))
+        .collect();
+    close(&get(be, &rows, m * n), &want, 0.0, "scale_rows");
+    let mut cols = be.upload(&x).unwrap();
+    be.scale_columns(&mut cols, &be.upload(&s_pre).unwrap())
+        .unwrap();
+    let want: Vec<f64> = (0..m * n).map(|e| f64::from(x[e] * s_pre[e % n])).collect();
+    close(&get(be, &cols, m * n), &want, 0.0, "scale_columns");
+    let dw = random(m * n, 53);
+    let (mut g, mut d_pre, mut d_post) = (
+        be.zeros(m * n).unwrap(),
+        be.zeros(n).unwrap(),
+        be.zeros(m).unwrap(),
+    );
+    be.scale_grads(
+        &be.upload(&dw).unwrap(),
+        &sg,
+        &be.upload(&s_pre).unwrap(),
+        &be.upload(&s_post).unwrap(),
+        &mut g,
+        &mut d_pre,
+        &mut d_post,
+    )
+    .unwrap();
+    let sign = |e: usize| if x[e] < 0.0 { -1.0 } else { 1.0 };
+    let want: Vec<f64> = (0..m * n)
+        .map(|e| f64::from(dw[e]) * f64::from(s_post[e / n]) * f64::from(s_pre[e % n]))
+        .collect();
+    close(&get(be, &g, m * n), &want, 1e-6, "scale_grads g");
+    let want: Vec<f64> = (0..n)
+        .map(|j| {
+            (0..m)
+                .map(|i| f64::from(dw[i * n + j]) * sign(i * n + j) * f64::from(s_post[i]))
+                .sum()
+        })
+        .collect();
+    close(&get(be, &d_pre, n), &want, 1e-5, "scale_grads d_pre");
+    let want: Vec<f64> = (0..m)
+        .map(|i| {
+            (0..n)
+                .map(|j| f64::from(dw[i * n + j]) * sign(i * n + j) * f64::from(s_pre[j]))
+                .sum()
+        })
+        .collect();
+    close(&get(be, &d_post, m), &want, 1e-5, "scale_grads d_post");
+    let mut p = be.upload(&x).unwrap();
+    let (mut mom, mut vel) = (be.zeros(m * n).unwrap(), be.zeros(m * n).unwrap());
+    let (mut p64, mut m64, mut v64) = (
+        x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        vec![0.0f64; m * n],
+        vec![0.0f64; m * n],
+    );
+    for step in 1..=3 {
+        let gr = random(m * n, 60 + step as u64);
+        be.adamw(
+            &mut p,
+            &be.upload(&gr).unwrap(),
+            &mut mom,
+            &mut vel,
+            step,
+            1e-2,
+            0.1,
+        )
+        .unwrap();
+        let (b1, b2) = (0.9f64, 0.999f64);
+        for e in 0..m * n {
+            let ge = f64::from(gr[e]);
+            m64[e] = b1 * m64[e] + (1.0 - b1) * ge;
+            v64[e] = b2 * v64[e] + (1.0 - b2) * ge * ge;
+            let upd =
+                m64[e] / (1.0 - b1.powi(step)) / ((v64[e] / (1.0 - b2.powi(step))).sqrt() + 1e-8);
+            p64[e] -= 1e-2 * (upd + 0.1 * p64[e]);
+        }
+    }
+    close(&get(be, &p, m * n), &p64, 1e-5, "adamw");
+    assert!(be
+        .adamw(
+            &mut p,
+            &be.zeros(3).unwrap(),
+            &mut mom,
+            &mut vel,
+            4,
+            1e-2,
+            0.0
+        )
+        .is_err());
+
     // Not positive definite: a numerical error, the same on every backend.
     let neg = be.upload(&[-1.0, 0.0, 0.0, -1.0]).unwrap();
     let mut inv = be.zeros(4).unwrap();
@@ -237,18 +341,7 @@ fn conformance<B: Backend>(be: &B) {
 }
 
 fn gpu() -> Option<CudaBackend> {
-    let probe = nq_cuda::probe();
-    if probe.devices().is_empty() {
-        // scripts/gpu-check.sh sets this: there a skip would hide a failure.
-        assert!(
-            std::env::var_os("NQ_REQUIRE_GPU").is_none_or(|v| v != "1"),
-            "NQ_REQUIRE_GPU=1 but no GPU: {}",
-            probe.describe()
-        );
-        eprintln!("SKIP: no CUDA GPU ({})", probe.describe());
-        return None;
-    }
-    Some(CudaBackend::open(0).expect("a GPU the probe reports must open"))
+    common::cuda_backend()
 }
 
 #[test]
@@ -391,6 +484,71 @@ fn emulated_cuda_admm_matches_cpu() {
                 "{what}: {x} vs {y} (rms {rms})"
             );
         }
+    }
+}
+
+/// A factorized layer's straight-through training steps (`DeviceFactor`)
+/// on `be` against the CPU backend (itself bit-identical to
+/// reconstruction's host path, see factor_train.rs): latents, scales and
+/// `Ŵ` within 1e-4 of their RMS after 4 steps.
+fn factor_training_matches_cpu<B: Backend>(be: &B) {
+    use nq_host::quant::factor_train::{DeviceFactor, StepRates};
+    use nq_host::quant::recon::FactorState;
+    let (m, n, r) = (24, 300, 8);
+    let state = FactorState {
+        la: Matrix {
+            rows: m,
+            cols: r,
+            data: random(m * r, 70),
+        },
+        lb: Matrix {
+            rows: r,
+            cols: n,
+            data: random(r * n, 71),
+        },
+        s_pre: random(n, 72),
+        s_post: random(m, 73),
+    };
+    let cpu = CpuBackend::default();
+    let mut want = DeviceFactor::new(&cpu, &state).unwrap();
+    let mut got = DeviceFactor::new(be, &state).unwrap();
+    let rates = StepRates {
+        latent: 1e-2,
+        scale: 1e-3,
+        weight_decay: 0.05,
+    };
+    for step in 0..4 {
+        let dw = random(m * n, 80 + step);
+        want.step(&cpu, &dw, rates).unwrap();
+        got.step(be, &dw, rates).unwrap();
+    }
+    let agree = |what: &str, c: &[f32], g: &[f32]| {
+        let rms = (c.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / c.len() as f64).sqrt();
+        for (x, y) in c.iter().zip(g) {
+            assert!(f64::from(x - y).abs() <= 1e-4 * rms, "{what}: {x} vs {y}");
+        }
+    };
+    let (sw, sg) = (want.state(&cpu).unwrap(), got.state(be).unwrap());
+    agree("L_a", &sw.la.data, &sg.la.data);
+    agree("L_b", &sw.lb.data, &sg.lb.data);
+    agree("s_pre", &sw.s_pre, &sg.s_pre);
+    agree("s_post", &sw.s_post, &sg.s_post);
+    agree(
+        "W",
+        &want.dense(&cpu).unwrap().data,
+        &got.dense(be).unwrap().data,
+    );
+}
+
+#[test]
+fn emulated_factor_training_matches_cpu() {
+    factor_training_matches_cpu(&nq_cuda_emu::EmuBackend::default());
+}
+
+#[test]
+fn cuda_factor_training_matches_cpu() {
+    if let Some(g) = gpu() {
+        factor_training_matches_cpu(&g);
     }
 }
 

@@ -11,6 +11,8 @@ use nq_host::quant::stats::{collect, StatsOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+
 fn rand_matrix(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> Matrix {
     Matrix {
         rows,
@@ -190,6 +192,53 @@ fn training_lowers_the_block_output_error() {
     let (e0, e1) = (run(none), run(trained));
     eprintln!("block output error: ADMM-only {e0:.4}, trained {e1:.4}");
     assert!(e1 < 0.85 * e0, "trained {e1} vs ADMM-only {e0}");
+}
+
+/// Block reconstruction with the GPU (ADMM, the latents' straight-through
+/// training in `DeviceFactor`, offloaded products) reaches the CPU's
+/// result: per-layer and block output errors within 2 %. Skips visibly
+/// without a GPU.
+#[test]
+fn cuda_block_reconstruction_matches_cpu() {
+    let Some(gpu) = common::cuda_backend() else {
+        return;
+    };
+    let w = random_model(tiny_config(Arch::Qwen2), 7);
+    let wins = windows();
+    let stats = collect(&w, &wins, &StatsOptions::default(), |_, _| {}).unwrap();
+    let t = wins[0].len();
+    let rope = RopeTable::new(w.config.head_dim as usize, w.config.rope_theta, t);
+    let xs: Vec<Vec<f32>> = wins.iter().map(|x| embed(&w, x).unwrap()).collect();
+    let ys: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            let mut y = x.clone();
+            block_forward(&w.layers[0], &w.config, &rope, &mut y, t, None);
+            y
+        })
+        .collect();
+    let r = ReconOptions {
+        comp_epochs: 4,
+        ste_epochs: 4,
+        ..ReconOptions::default()
+    };
+    let run = |compute: nq_host::backend::Compute| {
+        let mut student = w.layers[0].clone();
+        let q = QuantizeOptions { compute, ..qopts() };
+        let (_, reports, block) =
+            reconstruct_block(0, &w, &mut student, &stats, &xs, &ys, t, &q, &r, &|_| {}).unwrap();
+        (reports, block.rel_output_error)
+    };
+    let (cpu, cpu_err) = run(nq_host::backend::Compute::Cpu);
+    let (cuda, cuda_err) = run(nq_host::backend::Compute::Cuda(std::sync::Arc::new(gpu)));
+    assert!(
+        (cpu_err - cuda_err).abs() <= 0.02 * cpu_err,
+        "block: cpu {cpu_err} vs cuda {cuda_err}"
+    );
+    for (a, b) in cpu.iter().zip(&cuda) {
+        let (x, y) = (a.weighted_rel_error, b.weighted_rel_error);
+        assert!((x - y).abs() <= 0.02 * x, "{}: cpu {x} vs cuda {y}", a.name);
+    }
 }
 
 #[test]

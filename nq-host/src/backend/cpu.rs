@@ -9,6 +9,8 @@ use faer::linalg::cholesky::llt::compute::{cholesky_in_place, cholesky_in_place_
 use faer::linalg::cholesky::llt::inverse::{invert_lower_in_place, invert_lower_in_place_req};
 use faer::Parallelism;
 
+use rayon::prelude::*;
+
 use super::{Backend, BackendError, Op};
 use crate::linalg::{matmul_nn, matmul_nt, matmul_tn};
 use crate::quant::factor::sign1;
@@ -290,4 +292,134 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
+
+    fn signs(&self, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<(), BackendError> {
+        same_len(x.len(), out.len(), out.len())?;
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = sign1(v);
+        }
+        Ok(())
+    }
+
+    fn scale_rows(&self, x: &mut Vec<f32>, s: &Vec<f32>) -> Result<(), BackendError> {
+        let n = x.len().checked_div(s.len()).unwrap_or(0);
+        check(x.len(), s.len(), n, "scale_rows")?;
+        for (row, &f) in x.chunks_mut(n.max(1)).zip(s) {
+            row.iter_mut().for_each(|v| *v *= f);
+        }
+        Ok(())
+    }
+
+    fn scale_columns(&self, x: &mut Vec<f32>, s: &Vec<f32>) -> Result<(), BackendError> {
+        let rows = x.len().checked_div(s.len()).unwrap_or(0);
+        check(x.len(), rows, s.len(), "scale_columns")?;
+        for row in x.chunks_mut(s.len().max(1)) {
+            row.iter_mut().zip(s).for_each(|(v, &f)| *v *= f);
+        }
+        Ok(())
+    }
+
+    fn scale_grads(
+        &self,
+        dw: &Vec<f32>,
+        p: &Vec<f32>,
+        s_pre: &Vec<f32>,
+        s_post: &Vec<f32>,
+        g: &mut Vec<f32>,
+        d_pre: &mut Vec<f32>,
+        d_post: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let (m, n) = (s_post.len(), s_pre.len());
+        check(dw.len(), m, n, "scale_grads dW")?;
+        check(p.len(), m, n, "scale_grads P")?;
+        check(g.len(), m, n, "scale_grads g")?;
+        same_len(d_pre.len(), n, n)?;
+        same_len(d_post.len(), m, m)?;
+        for (i, (gr, dr)) in g.chunks_mut(n.max(1)).zip(dw.chunks(n.max(1))).enumerate() {
+            for ((o, &d), &si) in gr.iter_mut().zip(dr).zip(s_pre) {
+                *o = d * (s_post[i] * si);
+            }
+        }
+        let (pre, post) = scale_grads_host(dw, p, s_pre, s_post);
+        d_pre.copy_from_slice(&pre);
+        d_post.copy_from_slice(&post);
+        Ok(())
+    }
+
+    fn adamw(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        step: i32,
+        lr: f32,
+        wd: f32,
+    ) -> Result<(), BackendError> {
+        same_len(p.len(), g.len(), m.len())?;
+        same_len(p.len(), v.len(), v.len())?;
+        if step < 1 {
+            return Err(BackendError::Device("adamw: steps count from 1".into()));
+        }
+        adamw_host(p, g, (m, v), step, lr, wd);
+        Ok(())
+    }
+}
+
+/// Scale gradients of a factorized layer from `dw = ∂L/∂Ŵ` and `p = U·V`
+/// (`m × n`): `(∂/∂s_pre, ∂/∂s_post)`, each product in f32 and each sum in
+/// f64 by one thread (deterministic).
+pub(crate) fn scale_grads_host(
+    dw: &[f32],
+    p: &[f32],
+    s_pre: &[f32],
+    s_post: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (m, n) = (s_post.len(), s_pre.len());
+    let post: Vec<f32> = (0..m)
+        .into_par_iter()
+        .map(|i| {
+            let (dwr, pr) = (&dw[i * n..(i + 1) * n], &p[i * n..(i + 1) * n]);
+            dwr.iter()
+                .zip(pr)
+                .zip(s_pre)
+                .map(|((&d, &pp), &si)| f64::from(d * pp * si))
+                .sum::<f64>() as f32
+        })
+        .collect();
+    let pre: Vec<f32> = (0..n)
+        .into_par_iter()
+        .map(|j| {
+            (0..m)
+                .map(|i| f64::from(dw[i * n + j] * p[i * n + j] * s_post[i]))
+                .sum::<f64>() as f32
+        })
+        .collect();
+    (pre, post)
+}
+
+/// One AdamW step (decoupled weight decay) on the host, step `t` from 1:
+/// `m ← β1 m + (1−β1) g`, `v ← β2 v + (1−β2) g²`,
+/// `p ← p − lr (m̂ / (√v̂ + ε) + wd p)`. Element-wise, so the result does
+/// not depend on the thread count.
+pub(crate) fn adamw_host(
+    p: &mut [f32],
+    g: &[f32],
+    (m, v): (&mut [f32], &mut [f32]),
+    t: i32,
+    lr: f32,
+    wd: f32,
+) {
+    use nq_cuda::{ADAM_BETA1 as B1, ADAM_BETA2 as B2, ADAM_EPS as EPS};
+    let c1 = 1.0 - B1.powi(t);
+    let c2 = 1.0 - B2.powi(t);
+    p.par_iter_mut()
+        .zip(g.par_iter())
+        .zip(m.par_iter_mut().zip(v.par_iter_mut()))
+        .for_each(|((p, &g), (m, v))| {
+            *m = B1 * *m + (1.0 - B1) * g;
+            *v = B2 * *v + (1.0 - B2) * g * g;
+            let upd = (*m / c1) / ((*v / c2).sqrt() + EPS);
+            *p -= lr * (upd + wd * *p);
+        });
 }

@@ -137,6 +137,42 @@ impl Backend for CudaBackend {
             .invert_shifted(gram, shift, r, inverse)
             .map_err(device)
     }
+    fn signs(&self, x: &Self::Buf, out: &mut Self::Buf) -> Result<(), BackendError> {
+        self.gpu.signs(x, out).map_err(device)
+    }
+    fn scale_rows(&self, x: &mut Self::Buf, s: &Self::Buf) -> Result<(), BackendError> {
+        self.gpu.scale_rows(x, s).map_err(device)
+    }
+    fn scale_columns(&self, x: &mut Self::Buf, s: &Self::Buf) -> Result<(), BackendError> {
+        let rows = x.len().checked_div(s.len()).unwrap_or(0);
+        self.gpu.scale_columns(x, s, rows).map_err(device)
+    }
+    fn scale_grads(
+        &self,
+        dw: &Self::Buf,
+        p: &Self::Buf,
+        s_pre: &Self::Buf,
+        s_post: &Self::Buf,
+        g: &mut Self::Buf,
+        d_pre: &mut Self::Buf,
+        d_post: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        self.gpu
+            .scale_grads((dw, p), (s_pre, s_post), g, d_pre, d_post)
+            .map_err(device)
+    }
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        step: i32,
+        lr: f32,
+        wd: f32,
+    ) -> Result<(), BackendError> {
+        self.gpu.adamw(p, g, (m, v), step, lr, wd).map_err(device)
+    }
 }
 
 impl crate::linalg::GemmOffload for CudaBackend {

@@ -18,8 +18,8 @@ mod gpu_model;
 
 use std::sync::Arc;
 
-pub(crate) use cpu::column_norms;
 pub use cpu::CpuBackend;
+pub(crate) use cpu::{adamw_host, column_norms, scale_grads_host};
 pub use cuda::CudaBackend;
 pub use gpu_model::GpuModel;
 
@@ -121,6 +121,44 @@ pub trait Backend {
         shift: f32,
         r: usize,
         inverse: &mut Self::Buf,
+    ) -> Result<(), BackendError>;
+
+    // Straight-through training of a factorized layer (block
+    // reconstruction; `quant::factor_train::DeviceFactor`).
+
+    /// `out = sign(x)`: ±1 with `sign(0) = sign(−0) = +1`.
+    fn signs(&self, x: &Self::Buf, out: &mut Self::Buf) -> Result<(), BackendError>;
+    /// `x[i][j] *= s[i]` (`x` is `s.len() × n`).
+    fn scale_rows(&self, x: &mut Self::Buf, s: &Self::Buf) -> Result<(), BackendError>;
+    /// `x[i][j] *= s[j]` (`x` is `rows × s.len()`).
+    fn scale_columns(&self, x: &mut Self::Buf, s: &Self::Buf) -> Result<(), BackendError>;
+    /// From `dw = ∂L/∂Ŵ` and `p = U·V` (`m × n`, `m = s_post.len()`,
+    /// `n = s_pre.len()`): `g = dw ⊙ s_post s_preᵀ`, and the scale
+    /// gradients `d_pre[j] = Σ_i dw·p·s_post[i]`, `d_post[i] = Σ_j
+    /// dw·p·s_pre[j]` (each product in f32, the sums in f64).
+    #[allow(clippy::too_many_arguments)]
+    fn scale_grads(
+        &self,
+        dw: &Self::Buf,
+        p: &Self::Buf,
+        s_pre: &Self::Buf,
+        s_post: &Self::Buf,
+        g: &mut Self::Buf,
+        d_pre: &mut Self::Buf,
+        d_post: &mut Self::Buf,
+    ) -> Result<(), BackendError>;
+    /// AdamW step `step` (from 1) on `p` with gradient `g` and moments
+    /// `m`, `v` (β1 0.9, β2 0.999, ε 1e-8; decoupled weight decay `wd`).
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        step: i32,
+        lr: f32,
+        wd: f32,
     ) -> Result<(), BackendError>;
 }
 

@@ -5,6 +5,7 @@ pub mod align;
 pub mod calib;
 pub mod export;
 pub mod factor;
+pub mod factor_train;
 pub mod kd;
 pub mod pipeline;
 pub mod recon;

@@ -30,8 +30,10 @@ use serde::Serialize;
 use super::factor::{
     quantize_linear, quantize_linear_on, rank_for_bpw, AdmmOptions, FactorError, Method,
 };
+use super::factor_train::{DeviceFactor, StepRates};
 use super::pipeline::{LayerReport, QuantizeOptions, QuantizedLinears};
 use super::stats::ModelStats;
+use crate::backend::{adamw_host, scale_grads_host, Compute};
 use crate::blob_writer::TensorPayload;
 use crate::linalg::{matmul_nn, matmul_nt, matmul_tn};
 use crate::model::backward::{block_backward, LinearId};
@@ -101,21 +103,8 @@ impl Adam {
     }
 
     pub(crate) fn step(&mut self, p: &mut [f32], g: &[f32], lr: f32, wd: f32) {
-        const B1: f32 = 0.9;
-        const B2: f32 = 0.999;
-        const EPS: f32 = 1e-8;
         self.t += 1;
-        let c1 = 1.0 - B1.powi(self.t);
-        let c2 = 1.0 - B2.powi(self.t);
-        p.par_iter_mut()
-            .zip(g.par_iter())
-            .zip(self.m.par_iter_mut().zip(self.v.par_iter_mut()))
-            .for_each(|((p, &g), (m, v))| {
-                *m = B1 * *m + (1.0 - B1) * g;
-                *v = B2 * *v + (1.0 - B2) * g * g;
-                let upd = (*m / c1) / ((*v / c2).sqrt() + EPS);
-                *p -= lr * (upd + wd * *p);
-            });
+        adamw_host(p, g, (&mut self.m, &mut self.v), self.t, lr, wd);
     }
 }
 
@@ -248,27 +237,7 @@ impl FactorState {
     /// Scale gradients given `P = U·V`, in f64 with each output summed by
     /// one thread (deterministic).
     fn scale_grads_with(&self, dw: &Matrix, p: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let (m, n, _) = self.dims();
-        let s_post: Vec<f32> = (0..m)
-            .into_par_iter()
-            .map(|i| {
-                let (dwr, pr) = (&dw.data[i * n..(i + 1) * n], &p[i * n..(i + 1) * n]);
-                dwr.iter()
-                    .zip(pr)
-                    .zip(&self.s_pre)
-                    .map(|((&d, &pp), &si)| f64::from(d * pp * si))
-                    .sum::<f64>() as f32
-            })
-            .collect();
-        let s_pre: Vec<f32> = (0..n)
-            .into_par_iter()
-            .map(|j| {
-                (0..m)
-                    .map(|i| f64::from(dw.data[i * n + j] * p[i * n + j] * self.s_post[i]))
-                    .sum::<f64>() as f32
-            })
-            .collect();
-        (s_pre, s_post)
+        scale_grads_host(&dw.data, p, &self.s_pre, &self.s_post)
     }
 
     /// The exported layer: hardened signs, f16 scales.
@@ -513,31 +482,71 @@ pub fn reconstruct_block(
             ],
             state,
         }));
-        // 3. Straight-through training of latents and scales.
+        // 3. Straight-through training of latents and scales: on a GPU the
+        // layer's training state stays on the device (DeviceFactor), on the
+        // CPU the host path below (the same operations).
         if ropts.ste_epochs > 0 {
             let (llr, slr, wd) = (ropts.latent_lr, ropts.scale_lr, ropts.weight_decay);
             let Slot::Training(tf) = &mut slots[k] else {
                 unreachable!()
             };
-            train(
-                student,
-                w,
-                &rope,
-                xs,
-                ys,
-                &imp,
-                t,
-                ropts.ste_epochs,
-                |s, g, f| {
-                    let gr = tf.state.grads(&g(id));
-                    let st = &mut tf.state;
-                    tf.adam[0].step(&mut st.la.data, &gr.la, llr * f, wd);
-                    tf.adam[1].step(&mut st.lb.data, &gr.lb, llr * f, wd);
-                    tf.adam[2].step(&mut st.s_pre, &gr.s_pre, slr * f, 0.0);
-                    tf.adam[3].step(&mut st.s_post, &gr.s_post, slr * f, 0.0);
-                    *id.weight_mut(s) = st.dense();
-                },
-            );
+            match &qopts.compute {
+                Compute::Cuda(gpu) => {
+                    let be = gpu.as_ref();
+                    let mut dev = DeviceFactor::new(be, &tf.state)?;
+                    let mut failed = None;
+                    train(
+                        student,
+                        w,
+                        &rope,
+                        xs,
+                        ys,
+                        &imp,
+                        t,
+                        ropts.ste_epochs,
+                        |s, g, f| {
+                            if failed.is_some() {
+                                return;
+                            }
+                            let rates = StepRates {
+                                latent: llr * f,
+                                scale: slr * f,
+                                weight_decay: wd,
+                            };
+                            match dev
+                                .step(be, &g(id).data, rates)
+                                .and_then(|()| dev.dense(be))
+                            {
+                                Ok(dense) => *id.weight_mut(s) = dense,
+                                Err(e) => failed = Some(e),
+                            }
+                        },
+                    );
+                    if let Some(e) = failed {
+                        return Err(e.into());
+                    }
+                    tf.state = dev.state(be)?;
+                }
+                Compute::Cpu => train(
+                    student,
+                    w,
+                    &rope,
+                    xs,
+                    ys,
+                    &imp,
+                    t,
+                    ropts.ste_epochs,
+                    |s, g, f| {
+                        let gr = tf.state.grads(&g(id));
+                        let st = &mut tf.state;
+                        tf.adam[0].step(&mut st.la.data, &gr.la, llr * f, wd);
+                        tf.adam[1].step(&mut st.lb.data, &gr.lb, llr * f, wd);
+                        tf.adam[2].step(&mut st.s_pre, &gr.s_pre, slr * f, 0.0);
+                        tf.adam[3].step(&mut st.s_post, &gr.s_post, slr * f, 0.0);
+                        *id.weight_mut(s) = st.dense();
+                    },
+                ),
+            }
         }
         // 4. Harden and freeze.
         let Slot::Training(tf) = std::mem::replace(&mut slots[k], Slot::Frozen) else {
