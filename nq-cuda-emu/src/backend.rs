@@ -2,7 +2,7 @@
 //! launched in the order and with the geometry `nq_cuda::Gpu` uses.
 
 use nq_cuda::geometry::{grid_stride, per_elem, per_row, single_block};
-use nq_host::backend::{Backend, BackendError, CpuBackend, Op};
+use nq_host::backend::{Backend, BackendError, BlockBackend, CpuBackend, Heads, Op};
 
 use crate::{ffi, launch, ops, P};
 
@@ -354,6 +354,189 @@ impl Backend for EmuBackend {
             return Err(BackendError::Device("adamw: steps count from 1".into()));
         }
         ops::adamw(p, g, (m, v), step, lr, wd);
+        Ok(())
+    }
+}
+
+fn check_len(got: usize, want: usize, what: &str) -> Result<(), BackendError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(BackendError::Device(format!(
+            "{what}: {got} values, not {want}"
+        )))
+    }
+}
+
+impl BlockBackend for EmuBackend {
+    fn rmsnorm(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        eps: f32,
+        out: &mut Vec<f32>,
+        inv: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        shape(x.len(), inv.len(), w.len())?;
+        check_len(out.len(), x.len(), "rmsnorm out")?;
+        if !x.is_empty() {
+            *out = ops::rmsnorm(x, w, eps);
+            *inv = ops::rmsnorm_inv(x, w.len(), eps);
+        }
+        Ok(())
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        inv: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        accumulate: bool,
+    ) -> Result<(), BackendError> {
+        shape(x.len(), inv.len(), w.len())?;
+        check_len(dy.len(), x.len(), "rmsnorm dy")?;
+        check_len(dx.len(), x.len(), "rmsnorm dx")?;
+        if !x.is_empty() {
+            ops::rmsnorm_backward((x, w, inv), dy, dx, accumulate, None);
+        }
+        Ok(())
+    }
+
+    fn add_bias(&self, y: &mut Vec<f32>, b: &Vec<f32>) -> Result<(), BackendError> {
+        let rows = y.len().checked_div(b.len()).unwrap_or(0);
+        shape(y.len(), rows, b.len())?;
+        if !y.is_empty() {
+            ops::per_column(y, b, false);
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        cos: &Vec<f32>,
+        sin: &Vec<f32>,
+        t: usize,
+        heads: usize,
+        inverse: bool,
+    ) -> Result<(), BackendError> {
+        let width = x.len().checked_div(t).unwrap_or(0);
+        if t == 0 || heads == 0 || !width.is_multiple_of(2 * heads) {
+            return Err(BackendError::Device(
+                "rope: shape does not match the buffer".into(),
+            ));
+        }
+        let half = width / heads / 2;
+        check_len(cos.len(), t * half, "rope cos")?;
+        check_len(sin.len(), t * half, "rope sin")?;
+        ops::rope(x, cos, sin, t, heads, inverse);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &mut Vec<f32>,
+        probs: &mut Vec<f32>,
+        t: usize,
+        heads: Heads,
+    ) -> Result<(), BackendError> {
+        let (h, kvh, d) = heads;
+        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || d == 0 {
+            return Err(BackendError::Device(
+                "attention: bad head configuration".into(),
+            ));
+        }
+        check_len(q.len(), t * h * d, "attention q")?;
+        check_len(k.len(), t * kvh * d, "attention k")?;
+        check_len(v.len(), t * kvh * d, "attention v")?;
+        check_len(out.len(), q.len(), "attention out")?;
+        check_len(probs.len(), h * t * t, "attention probs")?;
+        *out = ops::attention(q, k, v, t, heads);
+        *probs = ops::attention_probs(q, k, t, heads);
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        (q, k, v): (&Vec<f32>, &Vec<f32>, &Vec<f32>),
+        probs: &Vec<f32>,
+        d_out: &Vec<f32>,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        t: usize,
+        heads: Heads,
+    ) -> Result<(), BackendError> {
+        let (h, kvh, d) = heads;
+        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || d == 0 {
+            return Err(BackendError::Device(
+                "attention: bad head configuration".into(),
+            ));
+        }
+        for (len, want, what) in [
+            (q.len(), t * h * d, "q"),
+            (d_out.len(), t * h * d, "d_out"),
+            (dq.len(), t * h * d, "dq"),
+            (k.len(), t * kvh * d, "k"),
+            (v.len(), t * kvh * d, "v"),
+            (dk.len(), t * kvh * d, "dk"),
+            (dv.len(), t * kvh * d, "dv"),
+            (probs.len(), h * t * t, "probs"),
+        ] {
+            check_len(len, want, what)?;
+        }
+        let g = ops::attention_backward((q, k, v, probs), d_out, t, heads);
+        *dq = g.dq;
+        *dk = g.dk;
+        *dv = g.dv;
+        Ok(())
+    }
+
+    fn silu_mul(&self, out: &mut Vec<f32>, g: &Vec<f32>, u: &Vec<f32>) -> Result<(), BackendError> {
+        same_len(out, g, u)?;
+        *out = ops::silu_mul(g, u);
+        Ok(())
+    }
+
+    fn swiglu_backward(
+        &self,
+        g: &Vec<f32>,
+        u: &Vec<f32>,
+        d_act: &Vec<f32>,
+        dg: &mut Vec<f32>,
+        du: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        same_len(d_act, g, u)?;
+        same_len(d_act, dg, du)?;
+        (*dg, *du) = ops::swiglu_backward(g, u, d_act);
+        Ok(())
+    }
+
+    fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<(), BackendError> {
+        check_len(y.len(), x.len(), "add_assign")?;
+        ops::add_assign(x, y);
+        Ok(())
+    }
+
+    fn weighted_mse_grad(
+        &self,
+        y: &Vec<f32>,
+        target: &Vec<f32>,
+        imp: &Vec<f32>,
+        norm: f64,
+        dy: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let rows = y.len().checked_div(imp.len()).unwrap_or(0);
+        shape(y.len(), rows, imp.len())?;
+        same_len(y, target, dy)?;
+        if !y.is_empty() {
+            *dy = ops::weighted_mse_grad(y, target, imp, norm);
+        }
         Ok(())
     }
 }

@@ -138,5 +138,14 @@ extern "C" {
         c1: f32,
         c2: f32,
     );
+    pub fn nq_weighted_mse_grad(
+        y: P<f32>,
+        target: P<f32>,
+        imp: P<f32>,
+        dy: P<f32>,
+        rows: i32,
+        d: i32,
+        norm: f64,
+    );
     pub fn nq_pack_signs(x: P<f32>, rows: i32, cols: i32, col_bytes: i32, out: P<u8>);
 }

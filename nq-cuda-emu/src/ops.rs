@@ -290,6 +290,22 @@ pub fn adamw(
     }
 }
 
+/// `Gpu::weighted_mse_grad`: `2·imp[c]·(y − target) / norm`.
+pub fn weighted_mse_grad(y: &[f32], target: &[f32], imp: &[f32], norm: f64) -> Vec<f32> {
+    let d = imp.len();
+    let rows = y.len() / d;
+    assert!(rows * d == y.len() && target.len() == y.len());
+    let mut dy = vec![0.0f32; y.len()];
+    let (py, pt, pi, pd) = (P::c(y), P::c(target), P::c(imp), P::of(&mut dy));
+    // SAFETY: y, target, dy hold rows × d values, imp d.
+    unsafe {
+        launch(grid_stride(y.len()), || {
+            ffi::nq_weighted_mse_grad(py, pt, pi, pd, i(rows), i(d), norm)
+        })
+    };
+    dy
+}
+
 /// `Gpu::pack_signs`: the blob-layout bytes of `sign(x)` (`rows × cols`).
 pub fn pack_signs(x: &[f32], rows: usize, cols: usize) -> Vec<u8> {
     assert_eq!(x.len(), rows * cols);

@@ -58,6 +58,20 @@ extern "C" __global__ void nq_scale_grad_pre(const float* dw, const float* p, co
     out[j] = (float)acc;
 }
 
+// Gradient of block reconstruction's loss L = Σ imp[c]·(y − target)² / norm
+// (rows × d): dy = 2·imp[c]·(y − target) / norm, in f64 then rounded (as
+// the CPU).
+extern "C" __global__ void nq_weighted_mse_grad(const float* y, const float* target,
+                                                const float* imp, float* dy, int rows, int d,
+                                                double norm) {
+    size_t total = (size_t)rows * d;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        float err = y[e] - target[e];
+        dy[e] = (float)(2.0 * (double)imp[e % d] * (double)err / norm);
+    }
+}
+
 // One AdamW step (decoupled weight decay), the CPU's formula operation for
 // operation: m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²;
 // p ← p − lr (m/c1 / (√(v/c2) + ε) + wd p), with c1 = 1 − β1^t,

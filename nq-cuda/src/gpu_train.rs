@@ -330,6 +330,38 @@ impl Gpu {
         Ok(())
     }
 
+    /// `dy = 2·imp[c]·(y − target) / norm` (`rows × imp.len()`): the
+    /// gradient of block reconstruction's importance-weighted loss.
+    pub fn weighted_mse_grad(
+        &self,
+        (y, target): (&Buf, &Buf),
+        imp: &Buf,
+        norm: f64,
+        dy: &mut Buf,
+    ) -> Result<(), CudaError> {
+        let d = imp.len();
+        let rows = y.len().checked_div(d).unwrap_or(0);
+        let (r, di) = shape(y.len(), rows, d)?;
+        shape(target.len(), rows, d)?;
+        shape(dy.len(), rows, d)?;
+        if y.is_empty() {
+            return Ok(());
+        }
+        launch!(
+            self,
+            "nq_weighted_mse_grad",
+            grid_stride(y.len()),
+            y,
+            target,
+            imp,
+            dy,
+            &r,
+            &di,
+            &norm
+        );
+        Ok(())
+    }
+
     /// AdamW step number `step` (from 1) on `p` with gradient `g` and
     /// moments `m`, `v` (all the same length), decoupled weight decay `wd`.
     #[allow(clippy::too_many_arguments)]

@@ -96,6 +96,7 @@ pub const TRAIN: KernelSource = KernelSource {
         "nq_scale_grad_post",
         "nq_scale_grad_pre",
         "nq_adamw",
+        "nq_weighted_mse_grad",
         "nq_pack_signs",
     ],
 };

@@ -2,7 +2,7 @@
 //! factorization; only the start (weights, initial factors) and the end
 //! (factors, latents) cross the bus.
 
-use super::{Backend, BackendError, GpuMath, Op};
+use super::{Backend, BackendError, BlockBackend, GpuMath, Heads, Op};
 
 /// One CUDA device as a quantizer backend.
 pub struct CudaBackend {
@@ -172,6 +172,121 @@ impl Backend for CudaBackend {
         wd: f32,
     ) -> Result<(), BackendError> {
         self.gpu.adamw(p, g, (m, v), step, lr, wd).map_err(device)
+    }
+}
+
+impl BlockBackend for CudaBackend {
+    fn rmsnorm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        eps: f32,
+        out: &mut Self::Buf,
+        inv: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        let rows = inv.len();
+        self.gpu.rmsnorm(x, w, out, rows, eps).map_err(device)?;
+        self.gpu
+            .rmsnorm_inv(x, rows, w.len(), eps, inv)
+            .map_err(device)
+    }
+    fn rmsnorm_backward(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        inv: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+        accumulate: bool,
+    ) -> Result<(), BackendError> {
+        self.gpu
+            .rmsnorm_backward((x, w, inv), dy, inv.len(), dx, accumulate, None)
+            .map_err(device)
+    }
+    fn add_bias(&self, y: &mut Self::Buf, b: &Self::Buf) -> Result<(), BackendError> {
+        let rows = y.len().checked_div(b.len()).unwrap_or(0);
+        self.gpu.add_bias(y, b, rows).map_err(device)
+    }
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+        t: usize,
+        heads: usize,
+        inverse: bool,
+    ) -> Result<(), BackendError> {
+        if inverse {
+            self.gpu.rope_backward(x, cos, sin, t, heads)
+        } else {
+            self.gpu.rope(x, cos, sin, t, heads)
+        }
+        .map_err(device)
+    }
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &mut Self::Buf,
+        probs: &mut Self::Buf,
+        t: usize,
+        heads: Heads,
+    ) -> Result<(), BackendError> {
+        self.gpu.attention(q, k, v, out, t, heads).map_err(device)?;
+        self.gpu
+            .attention_probs((q, k), probs, t, heads)
+            .map_err(device)
+    }
+    fn attention_backward(
+        &self,
+        (q, k, v): (&Self::Buf, &Self::Buf, &Self::Buf),
+        probs: &Self::Buf,
+        d_out: &Self::Buf,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        t: usize,
+        heads: Heads,
+    ) -> Result<(), BackendError> {
+        self.gpu
+            .attention_backward((q, k, v, probs), d_out, (dq, dk, dv), t, heads)
+            .map_err(device)
+    }
+    fn silu_mul(
+        &self,
+        out: &mut Self::Buf,
+        g: &Self::Buf,
+        u: &Self::Buf,
+    ) -> Result<(), BackendError> {
+        self.gpu.silu_mul(out, g, u).map_err(device)
+    }
+    fn swiglu_backward(
+        &self,
+        g: &Self::Buf,
+        u: &Self::Buf,
+        d_act: &Self::Buf,
+        dg: &mut Self::Buf,
+        du: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        self.gpu
+            .swiglu_backward((g, u), d_act, dg, du)
+            .map_err(device)
+    }
+    fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf) -> Result<(), BackendError> {
+        self.gpu.add_assign(x, y).map_err(device)
+    }
+    fn weighted_mse_grad(
+        &self,
+        y: &Self::Buf,
+        target: &Self::Buf,
+        imp: &Self::Buf,
+        norm: f64,
+        dy: &mut Self::Buf,
+    ) -> Result<(), BackendError> {
+        self.gpu
+            .weighted_mse_grad((y, target), imp, norm, dy)
+            .map_err(device)
     }
 }
 

@@ -162,6 +162,105 @@ pub trait Backend {
     ) -> Result<(), BackendError>;
 }
 
+/// Head layout of an attention call: `(heads, kv_heads, head_dim)`.
+pub type Heads = (usize, usize, usize);
+
+/// The element-wise parts of a transformer block's forward and backward
+/// pass on a device, for block reconstruction there
+/// (`quant::device_block::DeviceBlock`). Semantics are those of the CPU
+/// functions in `model/forward.rs` and `model/backward.rs`; row counts
+/// follow from the buffer lengths.
+pub trait BlockBackend: Backend {
+    /// `out = x / rms(x) ⊙ w` row by row, `inv` = each row's `1/rms`.
+    fn rmsnorm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        eps: f32,
+        out: &mut Self::Buf,
+        inv: &mut Self::Buf,
+    ) -> Result<(), BackendError>;
+    /// Backward of [`BlockBackend::rmsnorm`] into `dx` (added to with
+    /// `accumulate`).
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        inv: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+        accumulate: bool,
+    ) -> Result<(), BackendError>;
+    /// `y[r] += b` for every row.
+    fn add_bias(&self, y: &mut Self::Buf, b: &Self::Buf) -> Result<(), BackendError>;
+    /// RoPE on `x` (`t × heads·D`) with `t × D/2` angle tables; `inverse`
+    /// rotates back (the backward).
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+        t: usize,
+        heads: usize,
+        inverse: bool,
+    ) -> Result<(), BackendError>;
+    /// Causal grouped-query attention: `out` and the probabilities
+    /// (`heads × t × t`).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &mut Self::Buf,
+        probs: &mut Self::Buf,
+        t: usize,
+        heads: Heads,
+    ) -> Result<(), BackendError>;
+    /// Backward of [`BlockBackend::attention`]: `dq`, `dk`, `dv` written.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        qkv: (&Self::Buf, &Self::Buf, &Self::Buf),
+        probs: &Self::Buf,
+        d_out: &Self::Buf,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        t: usize,
+        heads: Heads,
+    ) -> Result<(), BackendError>;
+    /// `out = silu(g) ⊙ u`.
+    fn silu_mul(
+        &self,
+        out: &mut Self::Buf,
+        g: &Self::Buf,
+        u: &Self::Buf,
+    ) -> Result<(), BackendError>;
+    /// Backward of [`BlockBackend::silu_mul`]: `(∂g, ∂u)` written.
+    fn swiglu_backward(
+        &self,
+        g: &Self::Buf,
+        u: &Self::Buf,
+        d_act: &Self::Buf,
+        dg: &mut Self::Buf,
+        du: &mut Self::Buf,
+    ) -> Result<(), BackendError>;
+    /// `x += y`.
+    fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf) -> Result<(), BackendError>;
+    /// `dy = 2·imp[c]·(y − target) / norm` (rows of `imp.len()`).
+    fn weighted_mse_grad(
+        &self,
+        y: &Self::Buf,
+        target: &Self::Buf,
+        imp: &Self::Buf,
+        norm: f64,
+        dy: &mut Self::Buf,
+    ) -> Result<(), BackendError>;
+}
+
 /// The device a run computes on.
 #[derive(Clone, Default)]
 pub enum Compute {

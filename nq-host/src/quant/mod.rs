@@ -3,6 +3,7 @@
 
 pub mod align;
 pub mod calib;
+pub mod device_block;
 pub mod export;
 pub mod factor;
 pub mod factor_train;
