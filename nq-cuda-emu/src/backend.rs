@@ -369,6 +369,17 @@ fn check_len(got: usize, want: usize, what: &str) -> Result<(), BackendError> {
 }
 
 impl BlockBackend for EmuBackend {
+    fn matmul_acc(
+        &self,
+        c: &mut Vec<f32>,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        op: Op,
+        shape: (usize, usize, usize),
+    ) -> Result<(), BackendError> {
+        // cuBLAS's stand-in, as `matmul`.
+        self.cpu.matmul_acc(c, a, b, op, shape)
+    }
     fn rmsnorm(
         &self,
         x: &Vec<f32>,

@@ -99,5 +99,8 @@ pub unsafe fn launch<F: Fn() + Sync>(cfg: LaunchConfig, body: F) {
             (&body as *const F).cast(),
         )
     };
-    assert_eq!(rc, 0, "emulated launch: getcontext failed");
+    assert_eq!(
+        rc, 0,
+        "emulated launch failed (-1: no fibers, -2: block over 1024 threads)"
+    );
 }

@@ -241,7 +241,31 @@ impl Gpu {
         a: &Buf,
         b: &Buf,
         op: Op,
+        shape: (usize, usize, usize),
+    ) -> Result<(), CudaError> {
+        self.gemm(c, a, b, op, shape, false)
+    }
+
+    /// [`Gpu::matmul`] adding into `c`: `c += op(a, b)`.
+    pub fn matmul_acc(
+        &self,
+        c: &mut Buf,
+        a: &Buf,
+        b: &Buf,
+        op: Op,
+        shape: (usize, usize, usize),
+    ) -> Result<(), CudaError> {
+        self.gemm(c, a, b, op, shape, true)
+    }
+
+    fn gemm(
+        &self,
+        c: &mut Buf,
+        a: &Buf,
+        b: &Buf,
+        op: Op,
         (m, n, k): (usize, usize, usize),
+        accumulate: bool,
     ) -> Result<(), CudaError> {
         if c.len() != m * n || a.len() != m * k || b.len() != k * n {
             return Err(CudaError::new(
@@ -253,6 +277,9 @@ impl Gpu {
         }
         if k == 0 {
             // An empty inner dimension: c = 0 (cuBLAS would reject ld = 0).
+            if accumulate {
+                return Ok(());
+            }
             return self.stream.memset_zeros(c).map_err(|e| err("memset", e));
         }
         self.bind()?;
@@ -274,7 +301,7 @@ impl Gpu {
             alpha: 1.0f32,
             lda: int(ldb)?,
             ldb: int(lda)?,
-            beta: 0.0f32,
+            beta: if accumulate { 1.0f32 } else { 0.0f32 },
             ldc: int(n)?,
         };
         // SAFETY: the sizes checked above cover every element the product

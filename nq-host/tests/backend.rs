@@ -610,6 +610,45 @@ fn block_matches_cpu<B: nq_host::backend::BlockBackend>(be: &B) {
     }
 }
 
+/// On the CPU backend `DeviceBlock` is the host block, bit for bit: the
+/// same functions in the same order (what makes the device
+/// reconstruction's orchestration testable exactly, tests/recon.rs).
+#[test]
+fn cpu_backend_block_is_the_host_block() {
+    use nq_host::model::backward::{block_backward, LinearId};
+    use nq_host::model::forward::{block_forward, BlockTape, RopeTable};
+    use nq_host::model::synthetic::{random_model, tiny_config};
+    use nq_host::model::Arch;
+    use nq_host::quant::device_block::DeviceBlock;
+    let be = CpuBackend::default();
+    for (arch, seed) in [(Arch::Llama, 1), (Arch::Qwen2, 2), (Arch::Qwen3, 3)] {
+        let w = random_model(tiny_config(arch), seed);
+        let c = &w.config;
+        let (t, d) = (11, c.d_model as usize);
+        let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
+        let l = &w.layers[0];
+        let (x, dy) = (random(t * d, 90 + seed), random(t * d, 95 + seed));
+        let mut y_host = x.clone();
+        let mut tape = BlockTape::default();
+        block_forward(l, c, &rope, &mut y_host, t, Some(&mut tape));
+        let g = block_backward(l, c, &rope, &tape, &dy, false);
+        let mut blk = DeviceBlock::new(&be, l, c, &rope, t).unwrap();
+        let mut y = vec![0.0; t * d];
+        blk.forward(&x, &mut y).unwrap();
+        assert_eq!(y, y_host, "{arch:?} output");
+        blk.backward(&dy).unwrap();
+        assert_eq!(blk.input_grad(), &g.d_input, "{arch:?} input gradient");
+        for id in LinearId::ALL {
+            assert_eq!(
+                blk.output_grad(id),
+                g.outputs.get(id),
+                "{arch:?} {}",
+                id.name()
+            );
+        }
+    }
+}
+
 #[test]
 fn emulated_block_matches_cpu() {
     block_matches_cpu(&nq_cuda_emu::EmuBackend::default());

@@ -11,7 +11,7 @@ use faer::Parallelism;
 
 use rayon::prelude::*;
 
-use super::{Backend, BackendError, Op};
+use super::{Backend, BackendError, BlockBackend, Heads, Op};
 use crate::linalg::{matmul_nn, matmul_nt, matmul_tn};
 use crate::quant::factor::sign1;
 
@@ -362,6 +362,214 @@ impl Backend for CpuBackend {
             return Err(BackendError::Device("adamw: steps count from 1".into()));
         }
         adamw_host(p, g, (m, v), step, lr, wd);
+        Ok(())
+    }
+}
+
+/// The host block functions (`model/forward.rs`, `model/backward.rs`) on
+/// backend buffers: `DeviceBlock<CpuBackend>` computes exactly what
+/// `block_forward` / `block_backward` compute, bit for bit, which is how
+/// the device reconstruction's orchestration is tested against the host's.
+impl BlockBackend for CpuBackend {
+    fn matmul_acc(
+        &self,
+        c: &mut Vec<f32>,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        op: Op,
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<(), BackendError> {
+        check(c.len(), m, n, "matmul output")?;
+        check(a.len(), m, k, "matmul lhs")?;
+        check(b.len(), k, n, "matmul rhs")?;
+        match op {
+            Op::Nt => matmul_nt(c, a, b, m, n, k, true),
+            Op::Nn => matmul_nn(c, a, b, m, n, k, true),
+            Op::Tn => matmul_tn(c, a, b, m, n, k, true),
+        }
+        Ok(())
+    }
+
+    fn rmsnorm(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        eps: f32,
+        out: &mut Vec<f32>,
+        inv: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        check(x.len(), inv.len(), w.len(), "rmsnorm")?;
+        same_len(x.len(), out.len(), out.len())?;
+        crate::model::forward::rmsnorm(x, w, eps, out, inv);
+        Ok(())
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        inv: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        accumulate: bool,
+    ) -> Result<(), BackendError> {
+        check(x.len(), inv.len(), w.len(), "rmsnorm_backward")?;
+        same_len(x.len(), dy.len(), dx.len())?;
+        crate::model::backward::rmsnorm_backward(x, w, inv, dy, dx, accumulate, None);
+        Ok(())
+    }
+
+    fn add_bias(&self, y: &mut Vec<f32>, b: &Vec<f32>) -> Result<(), BackendError> {
+        let rows = y.len().checked_div(b.len()).unwrap_or(0);
+        check(y.len(), rows, b.len(), "add_bias")?;
+        // As `forward::linear`'s bias.
+        y.par_chunks_mut(b.len().max(1)).for_each(|row| {
+            for (v, &bb) in row.iter_mut().zip(b) {
+                *v += bb;
+            }
+        });
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        cos: &Vec<f32>,
+        sin: &Vec<f32>,
+        t: usize,
+        heads: usize,
+        inverse: bool,
+    ) -> Result<(), BackendError> {
+        let width = x.len().checked_div(t).unwrap_or(0);
+        if t == 0 || heads == 0 || !width.is_multiple_of(2 * heads) {
+            return Err(BackendError::Device(
+                "rope: shape does not match the buffer".into(),
+            ));
+        }
+        let half = width / heads / 2;
+        same_len(cos.len(), sin.len(), t * half)?;
+        // `RopeTable::apply`'s arithmetic on the given tables.
+        for (p, row) in x.chunks_mut(width).enumerate() {
+            let (c, s) = (
+                &cos[p * half..(p + 1) * half],
+                &sin[p * half..(p + 1) * half],
+            );
+            for head in row.chunks_exact_mut(2 * half) {
+                let (lo, hi) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (a, b) = (lo[i], hi[i]);
+                    let sn = if inverse { -s[i] } else { s[i] };
+                    lo[i] = a * c[i] - b * sn;
+                    hi[i] = b * c[i] + a * sn;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &mut Vec<f32>,
+        probs: &mut Vec<f32>,
+        t: usize,
+        heads: Heads,
+    ) -> Result<(), BackendError> {
+        let (h, kvh, d) = heads;
+        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || d == 0 {
+            return Err(BackendError::Device(
+                "attention: bad head configuration".into(),
+            ));
+        }
+        check(q.len(), t, h * d, "attention q")?;
+        check(k.len(), t, kvh * d, "attention k")?;
+        check(v.len(), t, kvh * d, "attention v")?;
+        same_len(q.len(), out.len(), out.len())?;
+        check(probs.len(), h * t, t, "attention probs")?;
+        (*out, *probs) = crate::model::forward::attention_heads(q, k, v, heads, t);
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        (q, k, v): (&Vec<f32>, &Vec<f32>, &Vec<f32>),
+        probs: &Vec<f32>,
+        d_out: &Vec<f32>,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        t: usize,
+        heads: Heads,
+    ) -> Result<(), BackendError> {
+        let (h, kvh, d) = heads;
+        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || d == 0 {
+            return Err(BackendError::Device(
+                "attention: bad head configuration".into(),
+            ));
+        }
+        check(q.len(), t, h * d, "attention q")?;
+        same_len(q.len(), d_out.len(), dq.len())?;
+        check(k.len(), t, kvh * d, "attention k")?;
+        same_len(k.len(), v.len(), dk.len())?;
+        same_len(k.len(), dv.len(), dv.len())?;
+        check(probs.len(), h * t, t, "attention probs")?;
+        (*dq, *dk, *dv) =
+            crate::model::backward::attention_backward_heads((q, k, v), probs, d_out, heads, t);
+        Ok(())
+    }
+
+    fn silu_mul(&self, out: &mut Vec<f32>, g: &Vec<f32>, u: &Vec<f32>) -> Result<(), BackendError> {
+        same_len(out.len(), g.len(), u.len())?;
+        use crate::model::forward::silu;
+        out.par_iter_mut()
+            .zip(g.par_iter().zip(u.par_iter()))
+            .for_each(|(o, (&g, &u))| *o = silu(g) * u);
+        Ok(())
+    }
+
+    fn swiglu_backward(
+        &self,
+        g: &Vec<f32>,
+        u: &Vec<f32>,
+        d_act: &Vec<f32>,
+        dg: &mut Vec<f32>,
+        du: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        same_len(d_act.len(), g.len(), u.len())?;
+        same_len(d_act.len(), dg.len(), du.len())?;
+        (*dg, *du) = crate::model::backward::swiglu_backward(g, u, d_act);
+        Ok(())
+    }
+
+    fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<(), BackendError> {
+        same_len(x.len(), y.len(), y.len())?;
+        // As `forward::add_into`.
+        x.par_iter_mut()
+            .zip(y.par_iter())
+            .for_each(|(a, &b)| *a += b);
+        Ok(())
+    }
+
+    fn weighted_mse_grad(
+        &self,
+        y: &Vec<f32>,
+        target: &Vec<f32>,
+        imp: &Vec<f32>,
+        norm: f64,
+        dy: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
+        let rows = y.len().checked_div(imp.len()).unwrap_or(0);
+        check(y.len(), rows, imp.len(), "weighted_mse_grad")?;
+        same_len(y.len(), target.len(), dy.len())?;
+        let d = imp.len().max(1);
+        for ((g, yr), tr) in dy.chunks_mut(d).zip(y.chunks(d)).zip(target.chunks(d)) {
+            for c in 0..g.len() {
+                let e = yr[c] - tr[c];
+                g[c] = (2.0 * f64::from(imp[c]) * f64::from(e) / norm) as f32;
+            }
+        }
         Ok(())
     }
 }

@@ -44,6 +44,14 @@ fn device(e: nq_cuda::CudaError) -> BackendError {
     }
 }
 
+fn gpu_op(op: Op) -> nq_cuda::Op {
+    match op {
+        Op::Nt => nq_cuda::Op::Nt,
+        Op::Nn => nq_cuda::Op::Nn,
+        Op::Tn => nq_cuda::Op::Tn,
+    }
+}
+
 impl Backend for CudaBackend {
     type Buf = nq_cuda::Buf;
 
@@ -67,12 +75,7 @@ impl Backend for CudaBackend {
         op: Op,
         shape: (usize, usize, usize),
     ) -> Result<(), BackendError> {
-        let op = match op {
-            Op::Nt => nq_cuda::Op::Nt,
-            Op::Nn => nq_cuda::Op::Nn,
-            Op::Tn => nq_cuda::Op::Tn,
-        };
-        self.gpu.matmul(c, a, b, op, shape).map_err(device)
+        self.gpu.matmul(c, a, b, gpu_op(op), shape).map_err(device)
     }
     fn normalize_rows(
         &self,
@@ -176,6 +179,18 @@ impl Backend for CudaBackend {
 }
 
 impl BlockBackend for CudaBackend {
+    fn matmul_acc(
+        &self,
+        c: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        op: Op,
+        shape: (usize, usize, usize),
+    ) -> Result<(), BackendError> {
+        self.gpu
+            .matmul_acc(c, a, b, gpu_op(op), shape)
+            .map_err(device)
+    }
     fn rmsnorm(
         &self,
         x: &Self::Buf,

@@ -171,6 +171,15 @@ pub type Heads = (usize, usize, usize);
 /// functions in `model/forward.rs` and `model/backward.rs`; row counts
 /// follow from the buffer lengths.
 pub trait BlockBackend: Backend {
+    /// `c += op(a, b)` (as [`Backend::matmul`], adding into `c`).
+    fn matmul_acc(
+        &self,
+        c: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        op: Op,
+        shape: (usize, usize, usize),
+    ) -> Result<(), BackendError>;
     /// `out = x / rms(x) ⊙ w` row by row, `inv` = each row's `1/rms`.
     fn rmsnorm(
         &self,

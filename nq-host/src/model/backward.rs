@@ -527,7 +527,7 @@ fn column_sums(x: &[f32], rows: usize, width: usize) -> Vec<f32> {
 /// Backward of `y = x · r · w` row by row (`r = 1/rms(x)`, given as `inv`):
 /// writes (or with `accumulate` adds) `∂L/∂x` into `dx` and adds
 /// `Σ_rows dy ⊙ x · r` into `dw` when given. Rows are `w.len()` wide.
-fn rmsnorm_backward(
+pub(crate) fn rmsnorm_backward(
     x: &[f32],
     w: &[f32],
     inv: &[f32],
@@ -589,7 +589,7 @@ fn head_norm_backward(
 }
 
 /// Backward of `act = silu(gate) ⊙ up`: returns (`∂L/∂gate`, `∂L/∂up`).
-fn swiglu_backward(gate: &[f32], up: &[f32], d_act: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn swiglu_backward(gate: &[f32], up: &[f32], d_act: &[f32]) -> (Vec<f32>, Vec<f32>) {
     d_act
         .par_iter()
         .zip(gate.par_iter().zip(up.par_iter()))
@@ -635,20 +635,31 @@ fn attention_backward(
     c: &ModelConfig,
     t: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (h, kvh, d) = (
+    let heads = (
         c.n_heads as usize,
         c.n_kv_heads as usize,
         c.head_dim as usize,
     );
+    attention_backward_heads((&tape.q, &tape.k, &tape.v), &tape.probs, d_attn, heads, t)
+}
+
+/// [`attention_backward`] from the tensors themselves and a head layout
+/// `(heads, kv_heads, head_dim)`.
+pub(crate) fn attention_backward_heads(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    probs: &[f32],
+    d_attn: &[f32],
+    (h, kvh, d): (usize, usize, usize),
+    t: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (qd, kvd) = (h * d, kvh * d);
     let group = h / kvh;
     let scale = 1.0 / (d as f32).sqrt();
-    let (q, k, v) = (&tape.q, &tape.k, &tape.v);
     let per_head: Vec<HeadGrads> = (0..h)
         .into_par_iter()
         .map(|head| {
             let g = head / group;
-            let p = &tape.probs[head * t * t..(head + 1) * t * t];
+            let p = &probs[head * t * t..(head + 1) * t * t];
             let d_out = &d_attn[head * d..];
             let mut scratch = vec![0.0f32; t * t];
             // dV_h = Pᵀ · dOut_h.

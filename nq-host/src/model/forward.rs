@@ -175,11 +175,22 @@ pub fn attention(
     c: &ModelConfig,
     t: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (h, kvh, d) = (
+    let heads = (
         c.n_heads as usize,
         c.n_kv_heads as usize,
         c.head_dim as usize,
     );
+    attention_heads(q, k, v, heads, t)
+}
+
+/// [`attention`] for a head layout `(heads, kv_heads, head_dim)`.
+pub fn attention_heads(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (h, kvh, d): (usize, usize, usize),
+    t: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let (qd, kvd) = (h * d, kvh * d);
     let group = h / kvh;
     let scale = 1.0 / (d as f32).sqrt();

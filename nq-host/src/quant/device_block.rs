@@ -59,7 +59,6 @@ pub struct DeviceBlock<'b, B: BlockBackend> {
     d_input: B::Buf,
     // Scratch.
     tmp_d: B::Buf,
-    tmp_d2: B::Buf,
     d_act: B::Buf,
     d_attn: B::Buf,
     dq: B::Buf,
@@ -141,7 +140,6 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
                 .collect::<Result<Vec<_>, _>>()?,
             d_input: z(t * d)?,
             tmp_d: z(t * d)?,
-            tmp_d2: z(t * d)?,
             d_act: z(t * f)?,
             d_attn: z(t * qd)?,
             dq: z(t * qd)?,
@@ -283,14 +281,13 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
             Op::Nn,
             (t, d, f),
         )?;
-        be.matmul(
-            &mut self.tmp_d2,
+        be.matmul_acc(
+            &mut self.tmp_d,
             d_up,
             &w[LinearId::Up as usize],
             Op::Nn,
             (t, d, f),
         )?;
-        be.add_assign(&mut self.tmp_d, &self.tmp_d2)?;
         // d_mid = dy + the FFN norm's backward; it is also ∂L/∂(o output).
         be.copy(d_o, dy)?;
         be.rmsnorm_backward(
@@ -339,8 +336,7 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
             (t, d, qd),
         )?;
         for (g, id) in [(&*d_k, LinearId::K), (&*d_v, LinearId::V)] {
-            be.matmul(&mut self.tmp_d2, g, &w[id as usize], Op::Nn, (t, d, kvd))?;
-            be.add_assign(&mut self.tmp_d, &self.tmp_d2)?;
+            be.matmul_acc(&mut self.tmp_d, g, &w[id as usize], Op::Nn, (t, d, kvd))?;
         }
         be.copy(&mut self.d_input, d_o)?;
         be.rmsnorm_backward(

@@ -31,7 +31,6 @@ pub struct DeviceFactor<B: Backend> {
     u: B::Buf,
     v: B::Buf,
     p: B::Buf,
-    dw: B::Buf,
     g: B::Buf,
     dla: B::Buf,
     dlb: B::Buf,
@@ -70,7 +69,6 @@ impl<B: Backend> DeviceFactor<B> {
             u: be.zeros(m * r)?,
             v: be.zeros(r * n)?,
             p: be.zeros(m * n)?,
-            dw: be.zeros(m * n)?,
             g: be.zeros(m * n)?,
             dla: be.zeros(m * r)?,
             dlb: be.zeros(r * n)?,
@@ -83,19 +81,30 @@ impl<B: Backend> DeviceFactor<B> {
     /// gradients `∂L/∂L_a = (dw ⊙ s_post s_preᵀ)·Vᵀ`, `∂L/∂L_b = Uᵀ·(…)`,
     /// the scale gradients, then AdamW on all four.
     pub fn step(&mut self, be: &B, dw: &[f32], rates: StepRates) -> Result<(), BackendError> {
-        let (m, n, r) = (self.m, self.n, self.r);
+        let (m, n) = (self.m, self.n);
         if dw.len() != m * n {
             return Err(BackendError::Device(format!(
                 "factor step: dW has {} values, not {m} × {n}",
                 dw.len()
             )));
         }
-        self.dw = be.upload(dw)?;
+        let dw = be.upload(dw)?;
+        self.step_device(be, &dw, rates)
+    }
+
+    /// [`DeviceFactor::step`] with `dw` already on the device.
+    pub fn step_device(
+        &mut self,
+        be: &B,
+        dw: &B::Buf,
+        rates: StepRates,
+    ) -> Result<(), BackendError> {
+        let (m, n, r) = (self.m, self.n, self.r);
         be.signs(&self.la, &mut self.u)?;
         be.signs(&self.lb, &mut self.v)?;
         be.matmul(&mut self.p, &self.u, &self.v, Op::Nn, (m, n, r))?;
         be.scale_grads(
-            &self.dw,
+            dw,
             &self.p,
             &self.s_pre,
             &self.s_post,
@@ -117,16 +126,22 @@ impl<B: Backend> DeviceFactor<B> {
     }
 
     /// `Ŵ = diag(s_post)·sign(L_a)·sign(L_b)·diag(s_pre)`, the weight the
-    /// forward pass trains with, downloaded.
-    pub fn dense(&mut self, be: &B) -> Result<Matrix, BackendError> {
+    /// forward pass trains with, on the device (valid until the next call).
+    pub fn dense_device(&mut self, be: &B) -> Result<&B::Buf, BackendError> {
         let (m, n, r) = (self.m, self.n, self.r);
         be.signs(&self.la, &mut self.u)?;
         be.scale_rows(&mut self.u, &self.s_post)?;
         be.signs(&self.lb, &mut self.v)?;
         be.scale_columns(&mut self.v, &self.s_pre)?;
         be.matmul(&mut self.p, &self.u, &self.v, Op::Nn, (m, n, r))?;
+        Ok(&self.p)
+    }
+
+    /// [`DeviceFactor::dense_device`], downloaded.
+    pub fn dense(&mut self, be: &B) -> Result<Matrix, BackendError> {
+        let (m, n) = (self.m, self.n);
         let mut w = Matrix::zeros(m, n);
-        be.download(&self.p, &mut w.data)?;
+        be.download(self.dense_device(be)?, &mut w.data)?;
         Ok(w)
     }
 

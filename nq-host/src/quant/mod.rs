@@ -10,6 +10,7 @@ pub mod factor_train;
 pub mod kd;
 pub mod pipeline;
 pub mod recon;
+pub mod recon_device;
 pub mod stats;
 pub mod synthetic_blob;
 pub mod token_table;

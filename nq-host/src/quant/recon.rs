@@ -30,7 +30,6 @@ use serde::Serialize;
 use super::factor::{
     quantize_linear, quantize_linear_on, rank_for_bpw, AdmmOptions, FactorError, Method,
 };
-use super::factor_train::{DeviceFactor, StepRates};
 use super::pipeline::{LayerReport, QuantizeOptions, QuantizedLinears};
 use super::stats::ModelStats;
 use crate::backend::{adamw_host, scale_grads_host, Compute};
@@ -273,7 +272,7 @@ struct TrainingFactor {
     adam: [Adam; 4],
 }
 
-fn bias_of(l: &LayerWeights, id: LinearId) -> Option<&[f32]> {
+pub(crate) fn bias_of(l: &LayerWeights, id: LinearId) -> Option<&[f32]> {
     match id {
         LinearId::Q => l.bq.as_deref(),
         LinearId::K => l.bk.as_deref(),
@@ -330,7 +329,7 @@ fn run_block(
 
 /// Importance-weighted relative error `Σ imp·(y−t)² / Σ imp·t²` over all
 /// windows.
-fn rel_error(
+pub(crate) fn rel_error(
     l: &LayerWeights,
     w: &ModelWeights,
     rope: &RopeTable,
@@ -392,6 +391,66 @@ fn train(
     }
 }
 
+/// NanoQuant's ADMM on the compensated weight `wt` of linear `id` of block
+/// `b`: the training state (latents, f32 scales) it initializes.
+pub(crate) fn admm_init(
+    b: usize,
+    id: LinearId,
+    wt: &Matrix,
+    stats: &ModelStats,
+    qopts: &QuantizeOptions,
+) -> Result<FactorState, FactorError> {
+    let (m, n) = (wt.rows, wt.cols);
+    let rank = rank_for_bpw(m, n, qopts.bpw, qopts.rank_multiple)?;
+    let admm = AdmmOptions {
+        seed: super::pipeline::layer_seed(qopts.admm.seed, b, id),
+        ..qopts.admm
+    };
+    let q = quantize_linear_on(
+        &qopts.compute,
+        wt,
+        None,
+        stats.get(b, id),
+        Method::NanoQuant,
+        rank,
+        &admm,
+    )?;
+    let (la, lb) = q.latents.expect("nanoquant keeps latents");
+    let TensorPayload::Factorized(f) = &q.payload else {
+        unreachable!("nanoquant exports factorized layers")
+    };
+    Ok(FactorState {
+        la,
+        lb,
+        s_pre: f.s_pre().iter().collect(),
+        s_post: f.s_post().iter().collect(),
+    })
+}
+
+/// The report of linear `id` of block `b`, hardened to `hard` from the FP
+/// weight `fp` at rank `r`.
+pub(crate) fn layer_report(
+    (b, id): (usize, LinearId),
+    fp: &Matrix,
+    hard: &Matrix,
+    stats: &ModelStats,
+    r: usize,
+    seconds: f64,
+) -> LayerReport {
+    let (m, n) = (fp.rows, fp.cols);
+    LayerReport {
+        block: b,
+        name: super::export::linear_name(b, id),
+        m,
+        n,
+        rank: Some(r),
+        bits: super::factor::factorized_bits(m, n, r),
+        bpw: super::factor::factorized_bits(m, n, r) as f64 / (m * n) as f64,
+        weighted_rel_error: super::factor::weighted_rel_error(fp, hard, stats.get(b, id)),
+        seconds,
+    }
+}
+
 /// Reconstructs block `b`: returns its seven payloads (in
 /// [`LinearId::ALL`] order), their reports and the block report. On return
 /// `student` holds the hardened block.
@@ -408,6 +467,17 @@ pub fn reconstruct_block(
     ropts: &ReconOptions,
     on_layer: &(dyn Fn(&LayerReport) + Sync),
 ) -> Result<(Vec<TensorPayload>, Vec<LayerReport>, BlockReport), FactorError> {
+    if let Compute::Cuda(gpu) = &qopts.compute {
+        // The whole block on the GPU (recon_device.rs).
+        return super::recon_device::reconstruct_block_on(
+            gpu.as_ref(),
+            (b, w, student, stats),
+            (xs, ys, t),
+            qopts,
+            ropts,
+            on_layer,
+        );
+    }
     let start = std::time::Instant::now();
     let c = &w.config;
     let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
@@ -444,33 +514,9 @@ pub fn reconstruct_block(
         }
         // 2. ADMM initialization from the compensated weight.
         let k = id as usize;
-        let wt = id.weight(student).clone();
-        let (m, n) = (wt.rows, wt.cols);
-        let rank = rank_for_bpw(m, n, qopts.bpw, qopts.rank_multiple)?;
-        let admm = AdmmOptions {
-            seed: super::pipeline::layer_seed(qopts.admm.seed, b, id),
-            ..qopts.admm
-        };
+        let (m, n) = (id.weight(student).rows, id.weight(student).cols);
         let bias = bias_of(student, id).map(<[f32]>::to_vec);
-        let q = quantize_linear_on(
-            &qopts.compute,
-            &wt,
-            bias.as_deref(),
-            stats.get(b, id),
-            Method::NanoQuant,
-            rank,
-            &admm,
-        )?;
-        let (la, lb) = q.latents.expect("nanoquant keeps latents");
-        let TensorPayload::Factorized(f) = &q.payload else {
-            unreachable!("nanoquant exports factorized layers")
-        };
-        let state = FactorState {
-            la,
-            lb,
-            s_pre: f.s_pre().iter().collect(),
-            s_post: f.s_post().iter().collect(),
-        };
+        let state = admm_init(b, id, id.weight(student), stats, qopts)?;
         *id.weight_mut(student) = state.dense();
         let r = state.la.cols;
         slots[k] = Slot::Training(Box::new(TrainingFactor {
@@ -482,71 +528,31 @@ pub fn reconstruct_block(
             ],
             state,
         }));
-        // 3. Straight-through training of latents and scales: on a GPU the
-        // layer's training state stays on the device (DeviceFactor), on the
-        // CPU the host path below (the same operations).
+        // 3. Straight-through training of latents and scales.
         if ropts.ste_epochs > 0 {
             let (llr, slr, wd) = (ropts.latent_lr, ropts.scale_lr, ropts.weight_decay);
             let Slot::Training(tf) = &mut slots[k] else {
                 unreachable!()
             };
-            match &qopts.compute {
-                Compute::Cuda(gpu) => {
-                    let be = gpu.as_ref();
-                    let mut dev = DeviceFactor::new(be, &tf.state)?;
-                    let mut failed = None;
-                    train(
-                        student,
-                        w,
-                        &rope,
-                        xs,
-                        ys,
-                        &imp,
-                        t,
-                        ropts.ste_epochs,
-                        |s, g, f| {
-                            if failed.is_some() {
-                                return;
-                            }
-                            let rates = StepRates {
-                                latent: llr * f,
-                                scale: slr * f,
-                                weight_decay: wd,
-                            };
-                            match dev
-                                .step(be, &g(id).data, rates)
-                                .and_then(|()| dev.dense(be))
-                            {
-                                Ok(dense) => *id.weight_mut(s) = dense,
-                                Err(e) => failed = Some(e),
-                            }
-                        },
-                    );
-                    if let Some(e) = failed {
-                        return Err(e.into());
-                    }
-                    tf.state = dev.state(be)?;
-                }
-                Compute::Cpu => train(
-                    student,
-                    w,
-                    &rope,
-                    xs,
-                    ys,
-                    &imp,
-                    t,
-                    ropts.ste_epochs,
-                    |s, g, f| {
-                        let gr = tf.state.grads(&g(id));
-                        let st = &mut tf.state;
-                        tf.adam[0].step(&mut st.la.data, &gr.la, llr * f, wd);
-                        tf.adam[1].step(&mut st.lb.data, &gr.lb, llr * f, wd);
-                        tf.adam[2].step(&mut st.s_pre, &gr.s_pre, slr * f, 0.0);
-                        tf.adam[3].step(&mut st.s_post, &gr.s_post, slr * f, 0.0);
-                        *id.weight_mut(s) = st.dense();
-                    },
-                ),
-            }
+            train(
+                student,
+                w,
+                &rope,
+                xs,
+                ys,
+                &imp,
+                t,
+                ropts.ste_epochs,
+                |s, g, f| {
+                    let gr = tf.state.grads(&g(id));
+                    let st = &mut tf.state;
+                    tf.adam[0].step(&mut st.la.data, &gr.la, llr * f, wd);
+                    tf.adam[1].step(&mut st.lb.data, &gr.lb, llr * f, wd);
+                    tf.adam[2].step(&mut st.s_pre, &gr.s_pre, slr * f, 0.0);
+                    tf.adam[3].step(&mut st.s_post, &gr.s_post, slr * f, 0.0);
+                    *id.weight_mut(s) = st.dense();
+                },
+            );
         }
         // 4. Harden and freeze.
         let Slot::Training(tf) = std::mem::replace(&mut slots[k], Slot::Frozen) else {
@@ -554,18 +560,14 @@ pub fn reconstruct_block(
         };
         let hard = tf.state.hardened_dense();
         let payload = tf.state.payload(bias.as_deref())?;
-        let energies = stats.get(b, id);
-        let report = LayerReport {
-            block: b,
-            name: super::export::linear_name(b, id),
-            m,
-            n,
-            rank: Some(r),
-            bits: super::factor::factorized_bits(m, n, r),
-            bpw: super::factor::factorized_bits(m, n, r) as f64 / (m * n) as f64,
-            weighted_rel_error: super::factor::weighted_rel_error(id.weight(fp), &hard, energies),
-            seconds: layer_start.elapsed().as_secs_f64(),
-        };
+        let report = layer_report(
+            (b, id),
+            id.weight(fp),
+            &hard,
+            stats,
+            r,
+            layer_start.elapsed().as_secs_f64(),
+        );
         *id.weight_mut(student) = hard;
         on_layer(&report);
         payloads[k] = Some(payload);
