@@ -752,7 +752,8 @@ impl Gpu {
     }
 
     /// RoPE ("rotate halves") on every head of `x` (`t × heads·2·half`,
-    /// row `p` at position `p`) with angle tables `cos`, `sin` (`≥ t × half`).
+    /// row `p` at position `p`) with angle tables `cos`, `sin` (`t × half`
+    /// each).
     pub fn rope(
         &self,
         x: &mut Buf,
@@ -775,7 +776,12 @@ impl Gpu {
         heads: usize,
     ) -> Result<(), CudaError> {
         let width = x.len().checked_div(t).unwrap_or(0);
-        if t == 0 || heads == 0 || !width.is_multiple_of(2 * heads) {
+        if t == 0
+            || heads == 0
+            || width == 0
+            || x.len() != t * width
+            || !width.is_multiple_of(2 * heads)
+        {
             return Err(CudaError::new("rope: shape does not match the buffer"));
         }
         let half = width / heads / 2;

@@ -91,6 +91,9 @@ impl Gpu {
         shape(dy.len(), rows, d)?;
         shape(dx.len(), rows, d)?;
         shape(inv.len(), rows, 1)?;
+        if let Some(dw) = &dw {
+            shape(dw.len(), d, 1)?;
+        }
         if rows == 0 || d == 0 {
             return Ok(());
         }
@@ -109,7 +112,6 @@ impl Gpu {
             &acc
         );
         if let Some(dw) = dw {
-            shape(dw.len(), d, 1)?;
             launch!(
                 self,
                 "nq_rmsnorm_weight_grad",
@@ -405,7 +407,9 @@ impl Gpu {
     }
 
     /// The signs of `x` (`rows × cols`) packed in the blob's tile layout
-    /// (docs/FORMAT.md §6.1, the bytes `nq_core::SignMatrix` holds).
+    /// (docs/FORMAT.md §6.1, the bytes `nq_core::SignMatrix` holds). An
+    /// empty matrix gives a one-byte zero buffer (device allocations cannot
+    /// be empty).
     pub fn pack_signs(
         &self,
         x: &Buf,
