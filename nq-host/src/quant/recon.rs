@@ -468,15 +468,30 @@ pub fn reconstruct_block(
     on_layer: &(dyn Fn(&LayerReport) + Sync),
 ) -> Result<(Vec<TensorPayload>, Vec<LayerReport>, BlockReport), FactorError> {
     if let Compute::Cuda(gpu) = &qopts.compute {
-        // The whole block on the GPU (recon_device.rs).
-        return super::recon_device::reconstruct_block_on(
+        // The whole block on the GPU (recon_device.rs). A device failure
+        // (out of memory, a launch error) falls back to the host path below
+        // for this block, from the same starting weights, saying so once.
+        let start_weights = student.clone();
+        match super::recon_device::reconstruct_block_on(
             gpu.as_ref(),
             (b, w, student, stats),
             (xs, ys, t),
             qopts,
             ropts,
             on_layer,
-        );
+        ) {
+            Err(FactorError::Device(e)) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "warning: block reconstruction on the GPU failed ({e}); \
+                         reconstructing on the CPU instead"
+                    )
+                });
+                *student = start_weights;
+            }
+            done => return done,
+        }
     }
     let start = std::time::Instant::now();
     let c = &w.config;
