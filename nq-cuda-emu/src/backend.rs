@@ -2,7 +2,9 @@
 //! launched in the order and with the geometry `nq_cuda::Gpu` uses.
 
 use nq_cuda::geometry::{grid_stride, per_elem, per_row, single_block};
-use nq_host::backend::{Backend, BackendError, BlockBackend, CpuBackend, Heads, Op};
+use nq_host::backend::{
+    attention_shape, rope_shape, Backend, BackendError, BlockBackend, CpuBackend, Heads, Op,
+};
 
 use crate::{ffi, launch, ops, P};
 
@@ -433,15 +435,7 @@ impl BlockBackend for EmuBackend {
         heads: usize,
         inverse: bool,
     ) -> Result<(), BackendError> {
-        let width = x.len().checked_div(t).unwrap_or(0);
-        if t == 0 || heads == 0 || !width.is_multiple_of(2 * heads) {
-            return Err(BackendError::Device(
-                "rope: shape does not match the buffer".into(),
-            ));
-        }
-        let half = width / heads / 2;
-        check_len(cos.len(), t * half, "rope cos")?;
-        check_len(sin.len(), t * half, "rope sin")?;
+        rope_shape(x.len(), t, heads, (cos.len(), sin.len()))?;
         ops::rope(x, cos, sin, t, heads, inverse);
         Ok(())
     }
@@ -456,17 +450,13 @@ impl BlockBackend for EmuBackend {
         t: usize,
         heads: Heads,
     ) -> Result<(), BackendError> {
-        let (h, kvh, d) = heads;
-        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || d == 0 {
-            return Err(BackendError::Device(
-                "attention: bad head configuration".into(),
-            ));
-        }
-        check_len(q.len(), t * h * d, "attention q")?;
-        check_len(k.len(), t * kvh * d, "attention k")?;
-        check_len(v.len(), t * kvh * d, "attention v")?;
-        check_len(out.len(), q.len(), "attention out")?;
-        check_len(probs.len(), h * t * t, "attention probs")?;
+        attention_shape(
+            t,
+            heads,
+            &[q.len(), out.len()],
+            &[k.len(), v.len()],
+            probs.len(),
+        )?;
         *out = ops::attention(q, k, v, t, heads);
         *probs = ops::attention_probs(q, k, t, heads);
         Ok(())
@@ -483,24 +473,13 @@ impl BlockBackend for EmuBackend {
         t: usize,
         heads: Heads,
     ) -> Result<(), BackendError> {
-        let (h, kvh, d) = heads;
-        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || d == 0 {
-            return Err(BackendError::Device(
-                "attention: bad head configuration".into(),
-            ));
-        }
-        for (len, want, what) in [
-            (q.len(), t * h * d, "q"),
-            (d_out.len(), t * h * d, "d_out"),
-            (dq.len(), t * h * d, "dq"),
-            (k.len(), t * kvh * d, "k"),
-            (v.len(), t * kvh * d, "v"),
-            (dk.len(), t * kvh * d, "dk"),
-            (dv.len(), t * kvh * d, "dv"),
-            (probs.len(), h * t * t, "probs"),
-        ] {
-            check_len(len, want, what)?;
-        }
+        attention_shape(
+            t,
+            heads,
+            &[q.len(), d_out.len(), dq.len()],
+            &[k.len(), v.len(), dk.len(), dv.len()],
+            probs.len(),
+        )?;
         let g = ops::attention_backward((q, k, v, probs), d_out, t, heads);
         *dq = g.dq;
         *dk = g.dk;

@@ -21,17 +21,8 @@ fn random(len: usize, seed: u64) -> Vec<f32> {
 }
 
 fn gpu() -> Option<Gpu> {
-    let probe = nq_cuda::probe();
-    if probe.devices().is_empty() {
-        assert!(
-            std::env::var_os("NQ_REQUIRE_GPU").is_none_or(|v| v != "1"),
-            "NQ_REQUIRE_GPU=1 but no GPU: {}",
-            probe.describe()
-        );
-        eprintln!("SKIP: no CUDA GPU ({})", probe.describe());
-        return None;
-    }
-    Some(Gpu::new(0, GemmPrecision::F32).expect("a GPU the probe reports must open"))
+    nq_cuda::gpu_for_tests()
+        .then(|| Gpu::new(0, GemmPrecision::F32).expect("a GPU the probe reports must open"))
 }
 
 fn down(g: &Gpu, b: &Buf) -> Vec<f32> {

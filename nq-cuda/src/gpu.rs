@@ -819,23 +819,11 @@ impl Gpu {
         t: usize,
         (heads, kv_heads, d): (usize, usize, usize),
     ) -> Result<(), CudaError> {
-        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || d == 0 {
-            return Err(CudaError::new("attention: bad head configuration"));
-        }
-        shape(q.len(), t, heads * d)?;
-        shape(out.len(), t, heads * d)?;
-        shape(k.len(), t, kv_heads * d)?;
-        shape(v.len(), t, kv_heads * d)?;
-        if t > geometry::ATTENTION_MAX_T {
-            return Err(CudaError::new(format!(
-                "attention: context {t} is longer than this kernel's {} tokens",
-                geometry::ATTENTION_MAX_T
-            )));
-        }
+        let (ti, hi, kvi, di) =
+            train::attention_shape(t, (heads, kv_heads, d), &[q, out], &[k, v])?;
         if t == 0 {
             return Ok(());
         }
-        let (ti, hi, kvi, di) = (t as i32, heads as i32, kv_heads as i32, d as i32);
         let scale = 1.0 / (d as f32).sqrt();
         let cfg = geometry::attention(t, heads, 1);
         launch!(

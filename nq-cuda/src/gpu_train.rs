@@ -25,7 +25,7 @@ fn int(v: usize, what: &str) -> Result<i32, CudaError> {
 
 /// Checks an attention head layout and the four activations' shapes;
 /// returns `(t, heads, kv_heads, d)` as kernel ints.
-fn attention_shape(
+pub(super) fn attention_shape(
     t: usize,
     (heads, kv_heads, d): HeadShape,
     q_like: &[&Buf],

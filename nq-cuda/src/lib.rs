@@ -135,6 +135,24 @@ pub fn probe() -> Probe {
     }
 }
 
+/// For GPU tests: whether a GPU is usable. Without one it prints a visible
+/// `SKIP: no CUDA GPU (…)` line and returns false — unless the environment
+/// sets `NQ_REQUIRE_GPU=1` (scripts/gpu-check.sh does), where a skip would
+/// hide a failure, so it panics instead.
+pub fn gpu_for_tests() -> bool {
+    let p = probe();
+    if !p.devices().is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("NQ_REQUIRE_GPU").is_none_or(|v| v != "1"),
+        "NQ_REQUIRE_GPU=1 but no GPU: {}",
+        p.describe()
+    );
+    eprintln!("SKIP: no CUDA GPU ({})", p.describe());
+    false
+}
+
 fn query_devices() -> Result<Vec<DeviceInfo>, result::DriverError> {
     result::init()?;
     let count = result::device::get_count()?;

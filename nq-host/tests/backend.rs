@@ -552,6 +552,53 @@ fn cuda_factor_training_matches_cpu() {
     }
 }
 
+/// One block of a tiny model per architecture (plain, q/k/v biases, q/k
+/// norms; grouped heads), an input and an output gradient, and what the
+/// host's `block_forward` / `block_backward` make of them.
+struct HostBlock {
+    arch: nq_host::model::Arch,
+    w: nq_host::model::ModelWeights,
+    rope: nq_host::model::forward::RopeTable,
+    t: usize,
+    x: Vec<f32>,
+    dy: Vec<f32>,
+    y: Vec<f32>,
+    tape: nq_host::model::forward::BlockTape,
+    grads: nq_host::model::backward::BlockGrads,
+}
+
+fn host_blocks() -> Vec<HostBlock> {
+    use nq_host::model::backward::block_backward;
+    use nq_host::model::forward::{block_forward, BlockTape, RopeTable};
+    use nq_host::model::synthetic::{random_model, tiny_config};
+    use nq_host::model::Arch;
+    [(Arch::Llama, 1), (Arch::Qwen2, 2), (Arch::Qwen3, 3)]
+        .into_iter()
+        .map(|(arch, seed)| {
+            let w = random_model(tiny_config(arch), seed);
+            let c = &w.config;
+            let (t, d) = (11, c.d_model as usize);
+            let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
+            let (x, dy) = (random(t * d, 90 + seed), random(t * d, 95 + seed));
+            let mut y = x.clone();
+            let mut tape = BlockTape::default();
+            block_forward(&w.layers[0], c, &rope, &mut y, t, Some(&mut tape));
+            let grads = block_backward(&w.layers[0], c, &rope, &tape, &dy, false);
+            HostBlock {
+                arch,
+                w,
+                rope,
+                t,
+                x,
+                dy,
+                y,
+                tape,
+                grads,
+            }
+        })
+        .collect()
+}
+
 /// One block's forward (with tape) and backward on `be`'s `DeviceBlock`
 /// against the CPU's `block_forward` / `block_backward`, for every
 /// architecture (plain, q/k/v biases, q/k norms; grouped heads): the block
@@ -559,30 +606,28 @@ fn cuda_factor_training_matches_cpu() {
 /// weight gradients `dYᵀ·X` (f64 from the CPU's tensors) within 1e-4 of
 /// their largest value.
 fn block_matches_cpu<B: nq_host::backend::BlockBackend>(be: &B) {
-    use nq_host::model::backward::{block_backward, LinearId};
-    use nq_host::model::forward::{block_forward, BlockTape, RopeTable};
-    use nq_host::model::synthetic::{random_model, tiny_config};
-    use nq_host::model::Arch;
+    use nq_host::model::backward::LinearId;
     use nq_host::quant::device_block::DeviceBlock;
-    for (arch, seed) in [(Arch::Llama, 1), (Arch::Qwen2, 2), (Arch::Qwen3, 3)] {
-        let w = random_model(tiny_config(arch), seed);
-        let c = &w.config;
-        let (t, d) = (11, c.d_model as usize);
-        let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
-        let l = &w.layers[0];
-        let x = random(t * d, 90 + seed);
-        let dy = random(t * d, 95 + seed);
-        let mut y_cpu = x.clone();
-        let mut tape = BlockTape::default();
-        block_forward(l, c, &rope, &mut y_cpu, t, Some(&mut tape));
-        let g = block_backward(l, c, &rope, &tape, &dy, false);
-
-        let mut blk = DeviceBlock::new(be, l, c, &rope, t).unwrap();
+    for hb in host_blocks() {
+        let HostBlock {
+            w,
+            rope,
+            t,
+            x,
+            dy,
+            y: y_cpu,
+            tape,
+            grads: g,
+            ..
+        } = &hb;
+        let (c, l, t) = (&w.config, &w.layers[0], *t);
+        let d = c.d_model as usize;
+        let mut blk = DeviceBlock::new(be, l, c, rope, t).unwrap();
         let mut y = be.zeros(t * d).unwrap();
-        blk.forward(&be.upload(&x).unwrap(), &mut y).unwrap();
+        blk.forward(&be.upload(x).unwrap(), &mut y).unwrap();
         let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
-        close(&get(be, &y, t * d), &f64s(&y_cpu), 1e-4, "block output");
-        blk.backward(&be.upload(&dy).unwrap()).unwrap();
+        close(&get(be, &y, t * d), &f64s(y_cpu), 1e-4, "block output");
+        blk.backward(&be.upload(dy).unwrap()).unwrap();
         close(
             &get(be, blk.input_grad(), t * d),
             &f64s(&g.d_input),
@@ -593,10 +638,10 @@ fn block_matches_cpu<B: nq_host::backend::BlockBackend>(be: &B) {
             let want = g.outputs.get(id);
             let got = get(be, blk.output_grad(id), want.len());
             close(&got, &f64s(want), 1e-4, id.name());
-            let (m, n) = (want.len() / t, id.input(&tape).len() / t);
+            let (m, n) = (want.len() / t, id.input(tape).len() / t);
             let mut dw = be.zeros(m * n).unwrap();
             blk.weight_grad(id, &mut dw).unwrap();
-            let xin = id.input(&tape);
+            let xin = id.input(tape);
             let want_dw: Vec<f64> = (0..m * n)
                 .map(|e| {
                     let (i, j) = (e / n, e % n);
@@ -615,28 +660,28 @@ fn block_matches_cpu<B: nq_host::backend::BlockBackend>(be: &B) {
 /// reconstruction's orchestration testable exactly, tests/recon.rs).
 #[test]
 fn cpu_backend_block_is_the_host_block() {
-    use nq_host::model::backward::{block_backward, LinearId};
-    use nq_host::model::forward::{block_forward, BlockTape, RopeTable};
-    use nq_host::model::synthetic::{random_model, tiny_config};
-    use nq_host::model::Arch;
+    use nq_host::model::backward::LinearId;
     use nq_host::quant::device_block::DeviceBlock;
     let be = CpuBackend::default();
-    for (arch, seed) in [(Arch::Llama, 1), (Arch::Qwen2, 2), (Arch::Qwen3, 3)] {
-        let w = random_model(tiny_config(arch), seed);
-        let c = &w.config;
-        let (t, d) = (11, c.d_model as usize);
-        let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
-        let l = &w.layers[0];
-        let (x, dy) = (random(t * d, 90 + seed), random(t * d, 95 + seed));
-        let mut y_host = x.clone();
-        let mut tape = BlockTape::default();
-        block_forward(l, c, &rope, &mut y_host, t, Some(&mut tape));
-        let g = block_backward(l, c, &rope, &tape, &dy, false);
-        let mut blk = DeviceBlock::new(&be, l, c, &rope, t).unwrap();
+    for hb in host_blocks() {
+        let HostBlock {
+            arch,
+            w,
+            rope,
+            t,
+            x,
+            dy,
+            y: y_host,
+            grads: g,
+            ..
+        } = &hb;
+        let (c, l, t) = (&w.config, &w.layers[0], *t);
+        let d = c.d_model as usize;
+        let mut blk = DeviceBlock::new(&be, l, c, rope, t).unwrap();
         let mut y = vec![0.0; t * d];
-        blk.forward(&x, &mut y).unwrap();
-        assert_eq!(y, y_host, "{arch:?} output");
-        blk.backward(&dy).unwrap();
+        blk.forward(x, &mut y).unwrap();
+        assert_eq!(&y, y_host, "{arch:?} output");
+        blk.backward(dy).unwrap();
         assert_eq!(blk.input_grad(), &g.d_input, "{arch:?} input gradient");
         for id in LinearId::ALL {
             assert_eq!(

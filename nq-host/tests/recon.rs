@@ -143,20 +143,7 @@ fn qopts() -> QuantizeOptions {
 
 #[test]
 fn training_lowers_the_block_output_error() {
-    let w = random_model(tiny_config(Arch::Llama), 4);
-    let wins = windows();
-    let stats = collect(&w, &wins, &StatsOptions::default(), |_, _| {}).unwrap();
-    let t = wins[0].len();
-    let rope = RopeTable::new(w.config.head_dim as usize, w.config.rope_theta, t);
-    let xs: Vec<Vec<f32>> = wins.iter().map(|x| embed(&w, x).unwrap()).collect();
-    let ys: Vec<Vec<f32>> = xs
-        .iter()
-        .map(|x| {
-            let mut y = x.clone();
-            block_forward(&w.layers[0], &w.config, &rope, &mut y, t, None);
-            y
-        })
-        .collect();
+    let (w, stats, xs, ys, t) = block_zero(Arch::Llama, 4);
     let run = |r: ReconOptions| {
         let mut student = w.layers[0].clone();
         let (payloads, reports, block) = reconstruct_block(

@@ -11,7 +11,7 @@ use faer::Parallelism;
 
 use rayon::prelude::*;
 
-use super::{Backend, BackendError, BlockBackend, Heads, Op};
+use super::{attention_shape, rope_shape, Backend, BackendError, BlockBackend, Heads, Op};
 use crate::linalg::{matmul_nn, matmul_nt, matmul_tn};
 use crate::quant::factor::sign1;
 
@@ -422,12 +422,7 @@ impl BlockBackend for CpuBackend {
     fn add_bias(&self, y: &mut Vec<f32>, b: &Vec<f32>) -> Result<(), BackendError> {
         let rows = y.len().checked_div(b.len()).unwrap_or(0);
         check(y.len(), rows, b.len(), "add_bias")?;
-        // As `forward::linear`'s bias.
-        y.par_chunks_mut(b.len().max(1)).for_each(|row| {
-            for (v, &bb) in row.iter_mut().zip(b) {
-                *v += bb;
-            }
-        });
+        crate::model::forward::add_bias(y, b);
         Ok(())
     }
 
@@ -440,30 +435,8 @@ impl BlockBackend for CpuBackend {
         heads: usize,
         inverse: bool,
     ) -> Result<(), BackendError> {
-        let width = x.len().checked_div(t).unwrap_or(0);
-        if t == 0 || heads == 0 || !width.is_multiple_of(2 * heads) {
-            return Err(BackendError::Device(
-                "rope: shape does not match the buffer".into(),
-            ));
-        }
-        let half = width / heads / 2;
-        same_len(cos.len(), sin.len(), t * half)?;
-        // `RopeTable::apply`'s arithmetic on the given tables.
-        for (p, row) in x.chunks_mut(width).enumerate() {
-            let (c, s) = (
-                &cos[p * half..(p + 1) * half],
-                &sin[p * half..(p + 1) * half],
-            );
-            for head in row.chunks_exact_mut(2 * half) {
-                let (lo, hi) = head.split_at_mut(half);
-                for i in 0..half {
-                    let (a, b) = (lo[i], hi[i]);
-                    let sn = if inverse { -s[i] } else { s[i] };
-                    lo[i] = a * c[i] - b * sn;
-                    hi[i] = b * c[i] + a * sn;
-                }
-            }
-        }
+        let half = rope_shape(x.len(), t, heads, (cos.len(), sin.len()))?;
+        crate::model::forward::rotate_heads(x, (cos, sin), half, heads, inverse);
         Ok(())
     }
 
@@ -477,17 +450,13 @@ impl BlockBackend for CpuBackend {
         t: usize,
         heads: Heads,
     ) -> Result<(), BackendError> {
-        let (h, kvh, d) = heads;
-        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || d == 0 {
-            return Err(BackendError::Device(
-                "attention: bad head configuration".into(),
-            ));
-        }
-        check(q.len(), t, h * d, "attention q")?;
-        check(k.len(), t, kvh * d, "attention k")?;
-        check(v.len(), t, kvh * d, "attention v")?;
-        same_len(q.len(), out.len(), out.len())?;
-        check(probs.len(), h * t, t, "attention probs")?;
+        attention_shape(
+            t,
+            heads,
+            &[q.len(), out.len()],
+            &[k.len(), v.len()],
+            probs.len(),
+        )?;
         (*out, *probs) = crate::model::forward::attention_heads(q, k, v, heads, t);
         Ok(())
     }
@@ -503,18 +472,13 @@ impl BlockBackend for CpuBackend {
         t: usize,
         heads: Heads,
     ) -> Result<(), BackendError> {
-        let (h, kvh, d) = heads;
-        if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || d == 0 {
-            return Err(BackendError::Device(
-                "attention: bad head configuration".into(),
-            ));
-        }
-        check(q.len(), t, h * d, "attention q")?;
-        same_len(q.len(), d_out.len(), dq.len())?;
-        check(k.len(), t, kvh * d, "attention k")?;
-        same_len(k.len(), v.len(), dk.len())?;
-        same_len(k.len(), dv.len(), dv.len())?;
-        check(probs.len(), h * t, t, "attention probs")?;
+        attention_shape(
+            t,
+            heads,
+            &[q.len(), d_out.len(), dq.len()],
+            &[k.len(), v.len(), dk.len(), dv.len()],
+            probs.len(),
+        )?;
         (*dq, *dk, *dv) =
             crate::model::backward::attention_backward_heads((q, k, v), probs, d_out, heads, t);
         Ok(())
@@ -522,10 +486,7 @@ impl BlockBackend for CpuBackend {
 
     fn silu_mul(&self, out: &mut Vec<f32>, g: &Vec<f32>, u: &Vec<f32>) -> Result<(), BackendError> {
         same_len(out.len(), g.len(), u.len())?;
-        use crate::model::forward::silu;
-        out.par_iter_mut()
-            .zip(g.par_iter().zip(u.par_iter()))
-            .for_each(|(o, (&g, &u))| *o = silu(g) * u);
+        crate::model::forward::silu_mul(out, g, u);
         Ok(())
     }
 
@@ -545,10 +506,7 @@ impl BlockBackend for CpuBackend {
 
     fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<(), BackendError> {
         same_len(x.len(), y.len(), y.len())?;
-        // As `forward::add_into`.
-        x.par_iter_mut()
-            .zip(y.par_iter())
-            .for_each(|(a, &b)| *a += b);
+        crate::model::forward::add_into(x, y);
         Ok(())
     }
 
@@ -563,12 +521,8 @@ impl BlockBackend for CpuBackend {
         let rows = y.len().checked_div(imp.len()).unwrap_or(0);
         check(y.len(), rows, imp.len(), "weighted_mse_grad")?;
         same_len(y.len(), target.len(), dy.len())?;
-        let d = imp.len().max(1);
-        for ((g, yr), tr) in dy.chunks_mut(d).zip(y.chunks(d)).zip(target.chunks(d)) {
-            for c in 0..g.len() {
-                let e = yr[c] - tr[c];
-                g[c] = (2.0 * f64::from(imp[c]) * f64::from(e) / norm) as f32;
-            }
+        if !y.is_empty() {
+            *dy = crate::quant::recon::weighted_mse_with(y, target, imp, norm).1;
         }
         Ok(())
     }

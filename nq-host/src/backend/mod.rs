@@ -165,6 +165,54 @@ pub trait Backend {
 /// Head layout of an attention call: `(heads, kv_heads, head_dim)`.
 pub type Heads = (usize, usize, usize);
 
+fn shape_error(what: &str) -> BackendError {
+    BackendError::Device(format!("{what}: shape does not match the buffer"))
+}
+
+/// Checks a [`BlockBackend::rope`] call: `x` holds `t` rows of
+/// `heads·2·half`, each angle table `t × half`. Returns `half`.
+pub fn rope_shape(
+    x_len: usize,
+    t: usize,
+    heads: usize,
+    (cos_len, sin_len): (usize, usize),
+) -> Result<usize, BackendError> {
+    let width = x_len.checked_div(t).unwrap_or(0);
+    if heads == 0 || width == 0 || x_len != t * width || !width.is_multiple_of(2 * heads) {
+        return Err(shape_error("rope"));
+    }
+    let half = width / heads / 2;
+    if cos_len != t * half || sin_len != t * half {
+        return Err(shape_error("rope angle tables"));
+    }
+    Ok(half)
+}
+
+/// Checks an attention call: the head layout, the lengths of the
+/// query-shaped tensors (`t × heads·d`), the key/value-shaped ones
+/// (`t × kv_heads·d`) and of the probabilities (`heads × t × t`).
+pub fn attention_shape(
+    t: usize,
+    (h, kvh, d): Heads,
+    q_like: &[usize],
+    kv_like: &[usize],
+    probs: usize,
+) -> Result<(), BackendError> {
+    if h == 0 || kvh == 0 || !h.is_multiple_of(kvh) || d == 0 {
+        return Err(BackendError::Device(
+            "attention: bad head configuration".into(),
+        ));
+    }
+    let ok = q_like.iter().all(|&l| l == t * h * d)
+        && kv_like.iter().all(|&l| l == t * kvh * d)
+        && probs == h * t * t;
+    if ok {
+        Ok(())
+    } else {
+        Err(shape_error("attention"))
+    }
+}
+
 /// The element-wise parts of a transformer block's forward and backward
 /// pass on a device, for block reconstruction there
 /// (`quant::device_block::DeviceBlock`). Semantics are those of the CPU

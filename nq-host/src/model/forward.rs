@@ -46,24 +46,37 @@ impl RopeTable {
     /// by its position's angles; `inverse` rotates backwards (the transpose,
     /// used by the backward pass).
     pub fn apply(&self, x: &mut [f32], n_heads: usize, inverse: bool) {
-        let (half, d) = (self.half, 2 * self.half);
-        let width = n_heads * d;
-        x.par_chunks_mut(width).enumerate().for_each(|(p, row)| {
-            let (cos, sin) = (
-                &self.cos[p * half..(p + 1) * half],
-                &self.sin[p * half..(p + 1) * half],
-            );
-            for head in row.chunks_exact_mut(d) {
-                let (lo, hi) = head.split_at_mut(half);
-                for i in 0..half {
-                    let (a, b) = (lo[i], hi[i]);
-                    let s = if inverse { -sin[i] } else { sin[i] };
-                    lo[i] = a * cos[i] - b * s;
-                    hi[i] = b * cos[i] + a * s;
-                }
-            }
-        });
+        rotate_heads(x, (&self.cos, &self.sin), self.half, n_heads, inverse);
     }
+}
+
+/// RoPE ("rotate halves") on every head of `x` (rows of `n_heads·2·half`,
+/// row `p` at position `p`) with position-major angle tables (`half` per
+/// position, at least one position per row); `inverse` rotates backwards.
+pub fn rotate_heads(
+    x: &mut [f32],
+    (cos, sin): (&[f32], &[f32]),
+    half: usize,
+    n_heads: usize,
+    inverse: bool,
+) {
+    let d = 2 * half;
+    let width = n_heads * d;
+    x.par_chunks_mut(width).enumerate().for_each(|(p, row)| {
+        let (cos, sin) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
+        for head in row.chunks_exact_mut(d) {
+            let (lo, hi) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (lo[i], hi[i]);
+                let s = if inverse { -sin[i] } else { sin[i] };
+                lo[i] = a * cos[i] - b * s;
+                hi[i] = b * cos[i] + a * s;
+            }
+        }
+    });
 }
 
 /// `out = x / rms(x) ⊙ w` row by row; `inv` receives each row's `1/rms`.
@@ -92,13 +105,25 @@ pub fn linear(x: &[f32], w: &Matrix, b: Option<&[f32]>, t: usize) -> Vec<f32> {
     let mut y = vec![0.0f32; t * w.rows];
     matmul_nt(&mut y, x, &w.data, t, w.rows, w.cols, false);
     if let Some(b) = b {
-        y.par_chunks_mut(w.rows).for_each(|row| {
-            for (v, &bb) in row.iter_mut().zip(b) {
-                *v += bb;
-            }
-        });
+        add_bias(&mut y, b);
     }
     y
+}
+
+/// `y[r] += b` for every row of `y` (rows of `b.len()`).
+pub(crate) fn add_bias(y: &mut [f32], b: &[f32]) {
+    y.par_chunks_mut(b.len().max(1)).for_each(|row| {
+        for (v, &bb) in row.iter_mut().zip(b) {
+            *v += bb;
+        }
+    });
+}
+
+/// `out = silu(g) ⊙ u`.
+pub(crate) fn silu_mul(out: &mut [f32], g: &[f32], u: &[f32]) {
+    out.par_iter_mut()
+        .zip(g.par_iter().zip(u.par_iter()))
+        .for_each(|(o, (&g, &u))| *o = silu(g) * u);
 }
 
 /// What one block's forward keeps for its backward.
@@ -258,7 +283,7 @@ pub fn attention_heads(
 /// Query rows per attention task.
 const ATTN_BLOCK: usize = 64;
 
-fn add_into(x: &mut [f32], y: &[f32]) {
+pub(crate) fn add_into(x: &mut [f32], y: &[f32]) {
     x.par_iter_mut()
         .zip(y.par_iter())
         .for_each(|(a, b)| *a += b);
@@ -296,11 +321,8 @@ pub fn block_forward(
     rmsnorm(x, &l.ffn_norm, eps, &mut h2, &mut inv2);
     let gate = linear(&h2, &l.w_gate, None, t);
     let up = linear(&h2, &l.w_up, None, t);
-    let act: Vec<f32> = gate
-        .par_iter()
-        .zip(up.par_iter())
-        .map(|(&g, &u)| silu(g) * u)
-        .collect();
+    let mut act = vec![0.0f32; gate.len()];
+    silu_mul(&mut act, &gate, &up);
     let x_mid = tape.as_ref().map(|_| x.to_vec());
     add_into(x, &linear(&act, &l.w_down, None, t));
     if let Some(tape) = tape {

@@ -294,9 +294,29 @@ pub const ORDER: [LinearId; 7] = [
 
 /// Loss and `∂L/∂y` of the importance-weighted MSE.
 fn weighted_mse(y: &[f32], target: &[f32], imp: &[f32], t: usize) -> (f64, Vec<f32>) {
-    let d = imp.len();
+    weighted_mse_with(y, target, imp, mse_norm(imp, t))
+}
+
+/// The normalizer of the weighted MSE over windows of `t` tokens:
+/// `t · Σ imp` (1 when that is not positive).
+pub(crate) fn mse_norm(imp: &[f32], t: usize) -> f64 {
     let norm = t as f64 * imp.iter().map(|&x| f64::from(x)).sum::<f64>();
-    let norm = if norm > 0.0 { norm } else { 1.0 };
+    if norm > 0.0 {
+        norm
+    } else {
+        1.0
+    }
+}
+
+/// [`weighted_mse`] with its normalizer given: `Σ imp·(y − target)² / norm`
+/// and `∂L/∂y = 2·imp·(y − target) / norm` (rows of `imp.len()`).
+pub(crate) fn weighted_mse_with(
+    y: &[f32],
+    target: &[f32],
+    imp: &[f32],
+    norm: f64,
+) -> (f64, Vec<f32>) {
+    let d = imp.len();
     let mut dy = vec![0.0f32; y.len()];
     let loss: f64 = dy
         .par_chunks_mut(d)
@@ -427,18 +447,21 @@ pub(crate) fn admm_init(
     })
 }
 
-/// The report of linear `id` of block `b`, hardened to `hard` from the FP
-/// weight `fp` at rank `r`.
-pub(crate) fn layer_report(
+/// Step 4 for linear `id` of block `b` trained to `state`: the hardened
+/// weight (f16 scales), the layer's payload (with `bias`) and its report
+/// against the FP weight `fp`.
+pub(crate) fn harden(
     (b, id): (usize, LinearId),
+    state: &FactorState,
+    bias: Option<&[f32]>,
     fp: &Matrix,
-    hard: &Matrix,
     stats: &ModelStats,
-    r: usize,
-    seconds: f64,
-) -> LayerReport {
-    let (m, n) = (fp.rows, fp.cols);
-    LayerReport {
+    started: std::time::Instant,
+) -> Result<(Matrix, TensorPayload, LayerReport), FactorError> {
+    let hard = state.hardened_dense();
+    let payload = state.payload(bias)?;
+    let (m, n, r) = (fp.rows, fp.cols, state.la.cols);
+    let report = LayerReport {
         block: b,
         name: super::export::linear_name(b, id),
         m,
@@ -446,9 +469,31 @@ pub(crate) fn layer_report(
         rank: Some(r),
         bits: super::factor::factorized_bits(m, n, r),
         bpw: super::factor::factorized_bits(m, n, r) as f64 / (m * n) as f64,
-        weighted_rel_error: super::factor::weighted_rel_error(fp, hard, stats.get(b, id)),
-        seconds,
-    }
+        weighted_rel_error: super::factor::weighted_rel_error(fp, &hard, stats.get(b, id)),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((hard, payload, report))
+}
+
+/// What a block's reconstruction returns: the seven payloads and reports
+/// (in [`LinearId::ALL`] order, all present) and the block report.
+#[allow(clippy::type_complexity)]
+pub(crate) fn finish_block(
+    b: usize,
+    done: Vec<Option<(TensorPayload, LayerReport)>>,
+    rel_output_error: f64,
+    started: std::time::Instant,
+) -> (Vec<TensorPayload>, Vec<LayerReport>, BlockReport) {
+    let (payloads, reports) = done
+        .into_iter()
+        .map(|d| d.expect("all seven linears"))
+        .unzip();
+    let report = BlockReport {
+        block: b,
+        rel_output_error,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    (payloads, reports, report)
 }
 
 /// Reconstructs block `b`: returns its seven payloads (in
@@ -502,8 +547,7 @@ pub fn reconstruct_block(
         .iter()
         .map(|&id| Slot::Fp(Adam::new(id.weight(fp).data.len())))
         .collect();
-    let mut payloads: Vec<Option<TensorPayload>> = (0..7).map(|_| None).collect();
-    let mut reports: Vec<Option<LayerReport>> = (0..7).map(|_| None).collect();
+    let mut done: Vec<Option<(TensorPayload, LayerReport)>> = (0..7).map(|_| None).collect();
     for id in ORDER {
         let layer_start = std::time::Instant::now();
         // 1. Error compensation of the still-FP linears.
@@ -573,34 +617,20 @@ pub fn reconstruct_block(
         let Slot::Training(tf) = std::mem::replace(&mut slots[k], Slot::Frozen) else {
             unreachable!()
         };
-        let hard = tf.state.hardened_dense();
-        let payload = tf.state.payload(bias.as_deref())?;
-        let report = layer_report(
+        let (hard, payload, report) = harden(
             (b, id),
+            &tf.state,
+            bias.as_deref(),
             id.weight(fp),
-            &hard,
             stats,
-            r,
-            layer_start.elapsed().as_secs_f64(),
-        );
+            layer_start,
+        )?;
         *id.weight_mut(student) = hard;
         on_layer(&report);
-        payloads[k] = Some(payload);
-        reports[k] = Some(report);
+        done[k] = Some((payload, report));
     }
     let rel = rel_error(student, w, &rope, xs, ys, &imp, t);
-    Ok((
-        payloads
-            .into_iter()
-            .map(|p| p.expect("all seven"))
-            .collect(),
-        reports.into_iter().map(|r| r.expect("all seven")).collect(),
-        BlockReport {
-            block: b,
-            rel_output_error: rel,
-            seconds: start.elapsed().as_secs_f64(),
-        },
-    ))
+    Ok(finish_block(b, done, rel, start))
 }
 
 /// The window length, its RoPE table and the block-0 inputs (embeddings) of

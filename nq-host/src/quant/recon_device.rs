@@ -19,7 +19,8 @@ use super::factor::FactorError;
 use super::factor_train::{DeviceFactor, StepRates};
 use super::pipeline::{LayerReport, QuantizeOptions};
 use super::recon::{
-    admm_init, bias_of, cosine, layer_report, rel_error, BlockReport, ReconOptions, ORDER,
+    admm_init, bias_of, cosine, finish_block, harden, mse_norm, rel_error, BlockReport,
+    ReconOptions, ORDER,
 };
 use super::stats::ModelStats;
 use crate::backend::{BackendError, BlockBackend};
@@ -101,11 +102,10 @@ pub fn reconstruct_block_on<B: BlockBackend>(
     let d = c.d_model as usize;
     let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
     let imp_host = stats.get(b, LinearId::Down).output.clone();
-    let norm = t as f64 * imp_host.iter().map(|&x| f64::from(x)).sum::<f64>();
     let imp = be.upload(&imp_host)?;
     let loss = Loss {
         imp: &imp,
-        norm: if norm > 0.0 { norm } else { 1.0 },
+        norm: mse_norm(&imp_host, t),
     };
     let fp = &w.layers[b];
     let windows = if 2 * xs.len() * t * d * 4 <= RESIDENT_WINDOW_BYTES {
@@ -130,8 +130,7 @@ pub fn reconstruct_block_on<B: BlockBackend>(
         .iter()
         .map(|&len| be.zeros(len))
         .collect::<Result<_, _>>()?;
-    let mut payloads: Vec<Option<TensorPayload>> = (0..7).map(|_| None).collect();
-    let mut reports: Vec<Option<LayerReport>> = (0..7).map(|_| None).collect();
+    let mut done: Vec<Option<(TensorPayload, LayerReport)>> = (0..7).map(|_| None).collect();
     let epochs = |e: usize| (t * d, e);
     for id in ORDER {
         let layer_start = Instant::now();
@@ -163,7 +162,6 @@ pub fn reconstruct_block_on<B: BlockBackend>(
         let mut wt = Matrix::zeros(m, n);
         be.download(blk.weight(id), &mut wt.data)?;
         let state = admm_init(b, id, &wt, stats, qopts)?;
-        let r = state.la.cols;
         fp_adam[k] = None;
         let mut dev = DeviceFactor::new(be, &state)?;
         blk.set_weight(id, dev.dense_device(be)?)?;
@@ -190,34 +188,20 @@ pub fn reconstruct_block_on<B: BlockBackend>(
         }
         // 4. Harden and freeze.
         let state = dev.state(be)?;
-        let hard = state.hardened_dense();
         let bias = bias_of(student, id).map(<[f32]>::to_vec);
-        let payload = state.payload(bias.as_deref())?;
-        let report = layer_report(
+        let (hard, payload, report) = harden(
             (b, id),
+            &state,
+            bias.as_deref(),
             id.weight(fp),
-            &hard,
             stats,
-            r,
-            layer_start.elapsed().as_secs_f64(),
-        );
+            layer_start,
+        )?;
         blk.upload_weight(id, &hard)?;
         *id.weight_mut(student) = hard;
         on_layer(&report);
-        payloads[k] = Some(payload);
-        reports[k] = Some(report);
+        done[k] = Some((payload, report));
     }
     let rel = rel_error(student, w, &rope, xs, ys, &imp_host, t);
-    Ok((
-        payloads
-            .into_iter()
-            .map(|p| p.expect("all seven"))
-            .collect(),
-        reports.into_iter().map(|r| r.expect("all seven")).collect(),
-        BlockReport {
-            block: b,
-            rel_output_error: rel,
-            seconds: start.elapsed().as_secs_f64(),
-        },
-    ))
+    Ok(finish_block(b, done, rel, start))
 }

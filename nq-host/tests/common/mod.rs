@@ -6,21 +6,11 @@ use std::path::PathBuf;
 pub mod equivalence;
 
 /// CUDA device 0 as a backend, or `None` with a visible SKIP line when no
-/// GPU is usable — unless `NQ_REQUIRE_GPU=1` (scripts/gpu-check.sh sets
-/// it), where there a skip would hide a failure.
+/// GPU is usable (see `nq_cuda::gpu_for_tests`).
 #[allow(dead_code)]
 pub fn cuda_backend() -> Option<nq_host::backend::CudaBackend> {
-    let probe = nq_cuda::probe();
-    if probe.devices().is_empty() {
-        assert!(
-            std::env::var_os("NQ_REQUIRE_GPU").is_none_or(|v| v != "1"),
-            "NQ_REQUIRE_GPU=1 but no GPU: {}",
-            probe.describe()
-        );
-        eprintln!("SKIP: no CUDA GPU ({})", probe.describe());
-        return None;
-    }
-    Some(nq_host::backend::CudaBackend::open(0).expect("a GPU the probe reports must open"))
+    nq_cuda::gpu_for_tests()
+        .then(|| nq_host::backend::CudaBackend::open(0).expect("a GPU the probe reports must open"))
 }
 
 /// The repository root.
