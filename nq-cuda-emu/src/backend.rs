@@ -3,7 +3,8 @@
 
 use nq_cuda::geometry::{grid_stride, per_elem, per_row, single_block};
 use nq_host::backend::{
-    attention_shape, rope_shape, Backend, BackendError, BlockBackend, CpuBackend, Heads, Op,
+    attention_shape, check_ids, rope_shape, Backend, BackendError, BlockBackend, CpuBackend, Heads,
+    ModelBackend, Op,
 };
 
 use crate::{ffi, launch, ops, P};
@@ -528,6 +529,68 @@ impl BlockBackend for EmuBackend {
             *dy = ops::weighted_mse_grad(y, target, imp, norm);
         }
         Ok(())
+    }
+}
+
+impl ModelBackend for EmuBackend {
+    fn row_norms(&self, x: &Vec<f32>, width: usize) -> Result<Vec<f32>, BackendError> {
+        shape(x.len(), x.len().checked_div(width).unwrap_or(0), width)?;
+        Ok(ops::row_norms(x, width))
+    }
+
+    fn add_clipped_squares(
+        &self,
+        x: &Vec<f32>,
+        scales: &[f32],
+        acc: &mut [f64],
+    ) -> Result<(), BackendError> {
+        shape(x.len(), scales.len(), acc.len())?;
+        ops::add_clipped_squares(x, scales, acc);
+        Ok(())
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Vec<f32>,
+        tokens: &[u32],
+        vocab: usize,
+        dlogits: &mut Vec<f32>,
+    ) -> Result<f64, BackendError> {
+        shape(logits.len(), tokens.len(), vocab)?;
+        shape(dlogits.len(), tokens.len(), vocab)?;
+        if tokens.len() < 2 {
+            return Err(BackendError::Device(
+                "cross_entropy: fewer than 2 tokens".into(),
+            ));
+        }
+        check_ids(tokens, vocab)?;
+        let (loss, g) = ops::cross_entropy(logits, tokens, vocab);
+        *dlogits = g;
+        Ok(loss)
+    }
+
+    fn kd_loss(
+        &self,
+        logits: &Vec<f32>,
+        (ids, probs): (&[u32], &[f32]),
+        k: usize,
+        vocab: usize,
+        dlogits: &mut Vec<f32>,
+    ) -> Result<f64, BackendError> {
+        let rows = logits.len().checked_div(vocab).unwrap_or(0);
+        shape(logits.len(), rows, vocab)?;
+        shape(dlogits.len(), rows, vocab)?;
+        shape(ids.len(), rows, k)?;
+        shape(probs.len(), rows, k)?;
+        if rows == 0 || k == 0 {
+            return Err(BackendError::Device(
+                "kd_loss: no rows or no teacher tokens".into(),
+            ));
+        }
+        check_ids(ids, vocab)?;
+        let (loss, g) = ops::kd_loss(logits, ids, probs, k, vocab);
+        *dlogits = g;
+        Ok(loss)
     }
 }
 

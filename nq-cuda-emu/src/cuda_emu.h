@@ -62,6 +62,11 @@ inline int __float_as_int(float f) {
 
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 
+// Round-to-nearest f64 operations that the GPU compiler may not fuse; the
+// emulation never fuses anyway (-ffp-contract=off).
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+
 template <typename T>
 inline T atomicExch(T* p, T v) {
     T old = *p;

@@ -26,6 +26,7 @@
 #include "signs.cu"
 #include "backward.cu"
 #include "train.cu"
+#include "stats.cu"
 
 namespace {
 

@@ -148,4 +148,27 @@ extern "C" {
         norm: f64,
     );
     pub fn nq_pack_signs(x: P<f32>, rows: i32, cols: i32, col_bytes: i32, out: P<u8>);
+
+    // stats.cu
+    pub fn nq_row_norms(x: P<f32>, out: P<f32>, rows: i32, width: i32);
+    pub fn nq_clipped_squares(x: P<f32>, s: P<f32>, acc: P<f64>, rows: i32, width: i32);
+    pub fn nq_cross_entropy(
+        z: P<f32>,
+        next: P<u32>,
+        g: P<f32>,
+        loss: P<f64>,
+        t: i32,
+        vocab: i32,
+        n: f64,
+    );
+    pub fn nq_kd_loss(
+        z: P<f32>,
+        ids: P<u32>,
+        probs: P<f32>,
+        g: P<f32>,
+        loss: P<f64>,
+        rows: i32,
+        vocab: i32,
+        k: i32,
+    );
 }

@@ -379,3 +379,78 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
         })
     };
 }
+
+/// `Gpu::row_norms`: `‖x[r]‖₂` of the rows of `x` (`rows × width`).
+pub fn row_norms(x: &[f32], width: usize) -> Vec<f32> {
+    let rows = x.len() / width;
+    assert_eq!(rows * width, x.len());
+    let mut out = vec![f32::NAN; rows];
+    let (px, po) = (P::c(x), P::of(&mut out));
+    // SAFETY: x holds rows × width values, out rows.
+    unsafe {
+        launch(per_row(rows), || {
+            ffi::nq_row_norms(px, po, i(rows), i(width))
+        })
+    };
+    out
+}
+
+/// `Gpu::add_clipped_squares`: `acc[j] += Σ_r (x[r][j]·s[r])²`.
+pub fn add_clipped_squares(x: &[f32], s: &[f32], acc: &mut [f64]) {
+    assert_eq!(x.len(), s.len() * acc.len());
+    let (rows, width) = (s.len(), acc.len());
+    let (px, ps, pa) = (P::c(x), P::c(s), P::of(acc));
+    // SAFETY: x holds rows × width values, s rows, acc width.
+    unsafe {
+        launch(per_elem(width), || {
+            ffi::nq_clipped_squares(px, ps, pa, i(rows), i(width))
+        })
+    };
+}
+
+/// `Gpu::cross_entropy`: next-token loss of `logits` (`t × vocab`) and its
+/// gradient.
+pub fn cross_entropy(logits: &[f32], tokens: &[u32], vocab: usize) -> (f64, Vec<f32>) {
+    let t = tokens.len();
+    assert!(t >= 2 && logits.len() == t * vocab);
+    assert!(tokens.iter().all(|&id| (id as usize) < vocab));
+    let mut g = vec![f32::NAN; t * vocab];
+    let mut loss = vec![f64::NAN; t];
+    let next = &tokens[1..];
+    let n = (t - 1) as f64;
+    let (pz, pn, pg, pl) = (P::c(logits), P::c(next), P::of(&mut g), P::of(&mut loss));
+    // SAFETY: logits and g hold t × vocab values, next t − 1 ids < vocab,
+    // loss t.
+    unsafe {
+        launch(per_row(t), || {
+            ffi::nq_cross_entropy(pz, pn, pg, pl, i(t), i(vocab), n)
+        })
+    };
+    (loss[..t - 1].iter().sum::<f64>() / n, g)
+}
+
+/// `Gpu::kd_loss`: cross-entropy of `logits` (`rows × vocab`) against the
+/// teacher's `k` tokens per row, and its gradient.
+pub fn kd_loss(
+    logits: &[f32],
+    ids: &[u32],
+    probs: &[f32],
+    k: usize,
+    vocab: usize,
+) -> (f64, Vec<f32>) {
+    let rows = logits.len() / vocab;
+    assert!(rows * vocab == logits.len() && ids.len() == rows * k && probs.len() == rows * k);
+    assert!(ids.iter().all(|&id| (id as usize) < vocab));
+    let mut g = vec![f32::NAN; logits.len()];
+    let mut loss = vec![f64::NAN; rows];
+    let (pz, pi, pp) = (P::c(logits), P::c(ids), P::c(probs));
+    let (pg, pl) = (P::of(&mut g), P::of(&mut loss));
+    // SAFETY: logits and g hold rows × vocab values, ids and probs rows × k
+    // (ids < vocab), loss rows.
+    unsafe {
+        launch(per_row(rows), || {
+            ffi::nq_kd_loss(pz, pi, pp, pg, pl, i(rows), i(vocab), i(k))
+        })
+    };
+    (loss.iter().sum::<f64>() / rows as f64, g)
+}

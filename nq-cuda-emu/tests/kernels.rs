@@ -442,3 +442,129 @@ fn small_element_wise_kernels() {
     let want: Vec<f64> = (0..total).map(|e| f64::from(y0[e] + z[e])).collect();
     close(&acc, &want, 0.0, "add_assign");
 }
+
+// ------------------------------------------------ statistics and losses
+
+#[test]
+fn token_norms_and_clipped_channel_energies() {
+    for (rows, width) in [(5, 300), (1, 1), (17, 513)] {
+        let mut x = random(rows * width, 40);
+        // One outlier token, as the clipping is there for.
+        x[..width].iter_mut().for_each(|v| *v *= 50.0);
+        let norms = ops::row_norms(&x, width);
+        let want: Vec<f64> = x
+            .chunks(width)
+            .map(|r| r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt())
+            .collect();
+        close(&norms, &want, 1e-6, "row norms");
+
+        let s: Vec<f32> = (0..rows).map(|r| 1.0 / (1.0 + r as f32)).collect();
+        let mut acc: Vec<f64> = (0..width).map(|j| 0.25 * j as f64).collect();
+        let mut want = acc.clone();
+        for (r, row) in x.chunks(width).enumerate() {
+            for (a, &v) in want.iter_mut().zip(row) {
+                let p = f64::from(v * s[r]);
+                *a += p * p;
+            }
+        }
+        ops::add_clipped_squares(&x, &s, &mut acc);
+        // Same operations in the same order: equal bit for bit.
+        assert_eq!(acc, want, "{rows} × {width}");
+    }
+}
+
+/// f64 next-token cross-entropy: mean loss and gradient.
+fn cross_entropy64(z: &[f32], tokens: &[u32], vocab: usize) -> (f64, Vec<f64>) {
+    let t = tokens.len();
+    let n = (t - 1) as f64;
+    let mut g = vec![0.0; t * vocab];
+    let mut loss = 0.0;
+    for r in 0..t - 1 {
+        let row = &z[r * vocab..(r + 1) * vocab];
+        let lse = row.iter().map(|&v| f64::from(v).exp()).sum::<f64>().ln();
+        let next = tokens[r + 1] as usize;
+        for (j, &v) in row.iter().enumerate() {
+            g[r * vocab + j] = ((f64::from(v) - lse).exp() - f64::from(u8::from(j == next))) / n;
+        }
+        loss += lse - f64::from(row[next]);
+    }
+    (loss / n, g)
+}
+
+#[test]
+fn cross_entropy_kernel_matches_the_cpu_and_a_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    for (t, vocab) in [(6, 37), (2, 1000), (9, 300)] {
+        let z: Vec<f32> = random(t * vocab, 42).iter().map(|v| 6.0 * v).collect();
+        let tokens: Vec<u32> = (0..t).map(|_| rng.gen_range(0..vocab as u32)).collect();
+        let (loss, g) = ops::cross_entropy(&z, &tokens, vocab);
+        let (want_loss, want_g) = cross_entropy64(&z, &tokens, vocab);
+        assert!(
+            (loss - want_loss).abs() < 1e-9 * want_loss.abs(),
+            "{loss} vs {want_loss}"
+        );
+        close(&g, &want_g, 1e-6, "dlogits");
+        assert!(g[(t - 1) * vocab..].iter().all(|&v| v == 0.0), "last row");
+        let (cpu_loss, cpu_g) = nq_host::model::backward::loss_and_dlogits(&z, &tokens, vocab);
+        assert!((loss - cpu_loss).abs() < 1e-12 * cpu_loss.abs());
+        close(&g, &f64s(&cpu_g), 1e-6, "dlogits vs cpu");
+    }
+}
+
+#[test]
+fn distillation_loss_kernel_matches_a_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(43);
+    for (rows, vocab, k) in [(4, 50, 7), (1, 300, 1), (3, 64, 64)] {
+        let z: Vec<f32> = random(rows * vocab, 44).iter().map(|v| 5.0 * v).collect();
+        let (mut ids, mut probs) = (Vec::new(), Vec::new());
+        for _ in 0..rows {
+            let mut pick: Vec<u32> = (0..vocab as u32).collect();
+            for a in 0..k {
+                let b = rng.gen_range(a..vocab);
+                pick.swap(a, b);
+            }
+            let w: Vec<f32> = (0..k).map(|_| rng.gen_range(0.1f32..1.0)).collect();
+            let s: f32 = w.iter().sum();
+            ids.extend_from_slice(&pick[..k]);
+            probs.extend(w.iter().map(|v| v / s));
+        }
+        let (loss, g) = ops::kd_loss(&z, &ids, &probs, k, vocab);
+        let (mut want_loss, mut want_g) = (0.0, vec![0.0f64; rows * vocab]);
+        for r in 0..rows {
+            let row = &z[r * vocab..(r + 1) * vocab];
+            let lse = row.iter().map(|&v| f64::from(v).exp()).sum::<f64>().ln();
+            for (j, &v) in row.iter().enumerate() {
+                want_g[r * vocab + j] = (f64::from(v) - lse).exp() / rows as f64;
+            }
+            for e in 0..k {
+                let (id, p) = (ids[r * k + e] as usize, f64::from(probs[r * k + e]));
+                want_g[r * vocab + id] -= p / rows as f64;
+                want_loss -= p * (f64::from(row[id]) - lse) / rows as f64;
+            }
+        }
+        assert!(
+            (loss - want_loss).abs() < 1e-6 * want_loss.abs(),
+            "{loss} vs {want_loss}"
+        );
+        close(&g, &want_g, 1e-6, "kd gradient");
+    }
+    // A one-hot teacher on the next token is the next-token loss.
+    let (t, vocab) = (5, 40);
+    let z = random(t * vocab, 45);
+    let tokens: Vec<u32> = (0..t as u32).map(|i| (7 * i + 3) % vocab as u32).collect();
+    let (ce, ce_g) = ops::cross_entropy(&z, &tokens, vocab);
+    let (kd, kd_g) = ops::kd_loss(
+        &z[..(t - 1) * vocab],
+        &tokens[1..],
+        &vec![1.0; t - 1],
+        1,
+        vocab,
+    );
+    assert!((ce - kd).abs() < 1e-12, "{ce} vs {kd}");
+    close(
+        &kd_g,
+        &f64s(&ce_g[..(t - 1) * vocab]),
+        1e-6,
+        "one-hot teacher",
+    );
+}

@@ -67,6 +67,9 @@ use crate::geometry::{grid_stride, per_elem, per_row, single_block};
 mod train;
 pub use train::{HeadShape, ADAM_BETA1, ADAM_BETA2, ADAM_EPS};
 
+#[path = "gpu_stats.rs"]
+mod stats;
+
 /// cuSOLVER dense handle.
 struct Solver(solver_sys::cusolverDnHandle_t);
 

@@ -101,8 +101,21 @@ pub const TRAIN: KernelSource = KernelSource {
     ],
 };
 
+/// Calibration statistics and model reconstruction: token norms, clipped
+/// channel energies, the next-token and distillation losses.
+pub const STATS: KernelSource = KernelSource {
+    file: "stats.cu",
+    source: with_common!("../kernels/stats.cu"),
+    entry_points: &[
+        "nq_row_norms",
+        "nq_clipped_squares",
+        "nq_cross_entropy",
+        "nq_kd_loss",
+    ],
+};
+
 /// Every kernel source of the crate.
-pub const ALL: &[KernelSource] = &[ADMM, FORWARD, SIGNS, BACKWARD, TRAIN];
+pub const ALL: &[KernelSource] = &[ADMM, FORWARD, SIGNS, BACKWARD, TRAIN, STATS];
 
 #[cfg(test)]
 mod tests {

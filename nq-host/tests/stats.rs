@@ -140,3 +140,109 @@ fn clipping_and_shrinkage_reduce_spread() {
     assert!(a.mean_loss.is_finite() && a.mean_loss > 0.0);
     assert_eq!(a.tokens, 30);
 }
+
+mod common;
+
+use nq_host::backend::{CpuBackend, ModelBackend};
+use nq_host::quant::stats::ModelStats;
+use nq_host::quant::stats_device::collect_on;
+
+/// Windows of two lengths, so the device pass re-plans between them.
+fn mixed_windows() -> Vec<Vec<u32>> {
+    let mut w = windows();
+    w.push(vec![9, 9, 8, 2, 7, 1]);
+    w
+}
+
+fn energies(s: &ModelStats) -> Vec<(Vec<f32>, Vec<f32>)> {
+    s.layers
+        .iter()
+        .flatten()
+        .map(|e| (e.input.clone(), e.output.clone()))
+        .collect()
+}
+
+/// The device pass on `be` against the host pass, for every architecture,
+/// with the blocks resident and streamed: energies within `tol` (relative
+/// to each vector's largest entry; `0` demands equal bits).
+fn device_statistics_match_host<B: ModelBackend>(be: &B, tol: f64) {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+        let w = random_model(tiny_config(arch), 11);
+        let wins = mixed_windows();
+        let opts = StatsOptions {
+            // Clip for real: the percentile lands inside each site.
+            clip_percentile: 0.8,
+            ..StatsOptions::default()
+        };
+        let host = collect(&w, &wins, &opts, |_, _| {}).unwrap();
+        for resident in [usize::MAX, 0] {
+            let mut calls = 0;
+            let dev = collect_on(be, &w, &wins, &opts, resident, |done, total| {
+                calls += 1;
+                assert_eq!((done, total), (calls, wins.len()));
+            })
+            .unwrap();
+            assert_eq!(calls, wins.len());
+            assert_eq!(dev.tokens, host.tokens);
+            let what = format!("{arch:?}, resident bytes {resident}");
+            if tol == 0.0 {
+                assert_eq!(dev.mean_loss.to_bits(), host.mean_loss.to_bits(), "{what}");
+                assert_eq!(energies(&dev), energies(&host), "{what}");
+                continue;
+            }
+            assert!(
+                (dev.mean_loss - host.mean_loss).abs() < 1e-5 * host.mean_loss,
+                "{what}"
+            );
+            for (i, (d, h)) in energies(&dev).iter().zip(energies(&host)).enumerate() {
+                for (got, want) in [(&d.0, &h.0), (&d.1, &h.1)] {
+                    let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+                    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    for (&g, &e) in got.iter().zip(&want) {
+                        assert!(
+                            (f64::from(g) - e).abs() <= tol * scale,
+                            "{what}, linear {i}: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn device_statistics_on_the_cpu_backend_are_the_host_pass() {
+    device_statistics_match_host(&CpuBackend::default(), 0.0);
+}
+
+#[test]
+fn emulated_device_statistics_match_the_host() {
+    device_statistics_match_host(&nq_cuda_emu::EmuBackend::default(), 1e-4);
+}
+
+/// The same on a GPU (skips visibly without one).
+#[test]
+fn cuda_statistics_match_the_host() {
+    let Some(gpu) = common::cuda_backend() else {
+        return;
+    };
+    device_statistics_match_host(&gpu, 1e-4);
+}
+
+#[test]
+fn device_statistics_refuse_bad_windows() {
+    let w = random_model(tiny_config(Arch::Llama), 3);
+    let be = CpuBackend::default();
+    let opts = StatsOptions::default();
+    let vocab = w.config.vocab_size;
+    for (wins, want) in [
+        (vec![], "no calibration windows"),
+        (vec![vec![1]], "at least 2 tokens"),
+        (vec![vec![1, vocab]], "outside the vocabulary"),
+    ] {
+        let e = collect_on(&be, &w, &wins, &opts, usize::MAX, |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+        let e = collect(&w, &wins, &opts, |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    }
+}

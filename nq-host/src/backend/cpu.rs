@@ -11,7 +11,10 @@ use faer::Parallelism;
 
 use rayon::prelude::*;
 
-use super::{attention_shape, rope_shape, Backend, BackendError, BlockBackend, Heads, Op};
+use super::{
+    attention_shape, check_ids, rope_shape, Backend, BackendError, BlockBackend, Heads,
+    ModelBackend, Op,
+};
 use crate::linalg::{matmul_nn, matmul_nt, matmul_tn};
 use crate::quant::factor::sign1;
 
@@ -525,6 +528,77 @@ impl BlockBackend for CpuBackend {
             *dy = crate::quant::recon::weighted_mse_with(y, target, imp, norm).1;
         }
         Ok(())
+    }
+}
+
+/// The host's own statistics reductions and losses
+/// (`quant::stats`, `model::backward`, `quant::kd`), so that a device run
+/// on this backend is the host run.
+impl ModelBackend for CpuBackend {
+    fn row_norms(&self, x: &Vec<f32>, width: usize) -> Result<Vec<f32>, BackendError> {
+        check(
+            x.len(),
+            x.len().checked_div(width).unwrap_or(0),
+            width,
+            "row_norms",
+        )?;
+        Ok(crate::quant::stats::row_norms_host(x, width))
+    }
+
+    fn add_clipped_squares(
+        &self,
+        x: &Vec<f32>,
+        scales: &[f32],
+        acc: &mut [f64],
+    ) -> Result<(), BackendError> {
+        check(x.len(), scales.len(), acc.len(), "add_clipped_squares")?;
+        crate::quant::stats::add_clipped_squares_host(x, scales, acc);
+        Ok(())
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Vec<f32>,
+        tokens: &[u32],
+        vocab: usize,
+        dlogits: &mut Vec<f32>,
+    ) -> Result<f64, BackendError> {
+        let t = tokens.len();
+        check(logits.len(), t, vocab, "cross_entropy")?;
+        check(dlogits.len(), t, vocab, "cross_entropy gradient")?;
+        if t < 2 {
+            return Err(BackendError::Device(
+                "cross_entropy: fewer than 2 tokens".into(),
+            ));
+        }
+        check_ids(tokens, vocab)?;
+        let (loss, g) = crate::model::backward::loss_and_dlogits(logits, tokens, vocab);
+        *dlogits = g;
+        Ok(loss)
+    }
+
+    fn kd_loss(
+        &self,
+        logits: &Vec<f32>,
+        (ids, probs): (&[u32], &[f32]),
+        k: usize,
+        vocab: usize,
+        dlogits: &mut Vec<f32>,
+    ) -> Result<f64, BackendError> {
+        let rows = logits.len().checked_div(vocab).unwrap_or(0);
+        check(logits.len(), rows, vocab, "kd_loss")?;
+        check(dlogits.len(), rows, vocab, "kd_loss gradient")?;
+        check(ids.len(), rows, k, "kd_loss teacher ids")?;
+        check(probs.len(), rows, k, "kd_loss teacher probabilities")?;
+        if rows == 0 || k == 0 {
+            return Err(BackendError::Device(
+                "kd_loss: no rows or no teacher tokens".into(),
+            ));
+        }
+        check_ids(ids, vocab)?;
+        let (loss, g) = crate::quant::kd::kd_loss(logits, (ids, probs), vocab, k);
+        *dlogits = g;
+        Ok(loss)
     }
 }
 

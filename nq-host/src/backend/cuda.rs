@@ -2,7 +2,7 @@
 //! factorization; only the start (weights, initial factors) and the end
 //! (factors, latents) cross the bus.
 
-use super::{Backend, BackendError, BlockBackend, GpuMath, Heads, Op};
+use super::{check_ids, Backend, BackendError, BlockBackend, GpuMath, Heads, ModelBackend, Op};
 
 /// One CUDA device as a quantizer backend.
 pub struct CudaBackend {
@@ -301,6 +301,48 @@ impl BlockBackend for CudaBackend {
     ) -> Result<(), BackendError> {
         self.gpu
             .weighted_mse_grad((y, target), imp, norm, dy)
+            .map_err(device)
+    }
+}
+
+impl ModelBackend for CudaBackend {
+    fn row_norms(&self, x: &Self::Buf, width: usize) -> Result<Vec<f32>, BackendError> {
+        self.gpu.row_norms(x, width).map_err(device)
+    }
+
+    fn add_clipped_squares(
+        &self,
+        x: &Self::Buf,
+        scales: &[f32],
+        acc: &mut [f64],
+    ) -> Result<(), BackendError> {
+        self.gpu.add_clipped_squares(x, scales, acc).map_err(device)
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Self::Buf,
+        tokens: &[u32],
+        vocab: usize,
+        dlogits: &mut Self::Buf,
+    ) -> Result<f64, BackendError> {
+        check_ids(tokens, vocab)?;
+        self.gpu
+            .cross_entropy(logits, tokens, vocab, dlogits)
+            .map_err(device)
+    }
+
+    fn kd_loss(
+        &self,
+        logits: &Self::Buf,
+        teacher: (&[u32], &[f32]),
+        k: usize,
+        vocab: usize,
+        dlogits: &mut Self::Buf,
+    ) -> Result<f64, BackendError> {
+        check_ids(teacher.0, vocab)?;
+        self.gpu
+            .kd_loss(logits, teacher, k, vocab, dlogits)
             .map_err(device)
     }
 }

@@ -318,6 +318,57 @@ pub trait BlockBackend: Backend {
     ) -> Result<(), BackendError>;
 }
 
+/// The model-level steps of calibration statistics and model
+/// reconstruction on a device (`quant::stats::collect_on`,
+/// `quant::kd::model_reconstruct_on`): the per-site reductions and the two
+/// losses over the logits. Activations and logits stay in backend buffers;
+/// the small results (token norms, channel sums, losses) are host values.
+pub trait ModelBackend: BlockBackend {
+    /// `‖x[r]‖₂` of each row of `x` (`rows × width`).
+    fn row_norms(&self, x: &Self::Buf, width: usize) -> Result<Vec<f32>, BackendError>;
+    /// `acc[j] += Σ_r (x[r][j]·scales[r])²` for `x` (`scales.len() ×
+    /// acc.len()`): each product in f32, squares and sums in f64, rows in
+    /// order.
+    fn add_clipped_squares(
+        &self,
+        x: &Self::Buf,
+        scales: &[f32],
+        acc: &mut [f64],
+    ) -> Result<(), BackendError>;
+    /// Next-token cross-entropy of `logits` (`t × vocab`, `t =
+    /// tokens.len()` ≥ 2): the mean loss, and `dlogits` =
+    /// `(softmax − onehot(next)) / (t − 1)` with the last row 0
+    /// (`model::backward::loss_and_dlogits`).
+    fn cross_entropy(
+        &self,
+        logits: &Self::Buf,
+        tokens: &[u32],
+        vocab: usize,
+        dlogits: &mut Self::Buf,
+    ) -> Result<f64, BackendError>;
+    /// Cross-entropy of `logits` (`rows × vocab`) against a truncated
+    /// teacher: `k` distinct ids and probabilities per row (`rows × k`
+    /// each). The mean loss, and `dlogits = (softmax − p̃) / rows`.
+    fn kd_loss(
+        &self,
+        logits: &Self::Buf,
+        teacher: (&[u32], &[f32]),
+        k: usize,
+        vocab: usize,
+        dlogits: &mut Self::Buf,
+    ) -> Result<f64, BackendError>;
+}
+
+/// Checks the token ids a loss is given against the vocabulary.
+pub fn check_ids(ids: &[u32], vocab: usize) -> Result<(), BackendError> {
+    match ids.iter().find(|&&id| id as usize >= vocab) {
+        Some(id) => Err(BackendError::Device(format!(
+            "token {id} outside the vocabulary ({vocab})"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The device a run computes on.
 #[derive(Clone, Default)]
 pub enum Compute {

@@ -12,7 +12,8 @@ use nq_host::quant::factor::{AdmmOptions, Method};
 use nq_host::quant::kd::{model_reconstruct, KdOptions, KdReport};
 use nq_host::quant::pipeline::{quantize_linears, LayerReport, QuantizeOptions};
 use nq_host::quant::recon::{output_aligned, reconstruct, BlockReport, ReconOptions};
-use nq_host::quant::stats::{collect, ModelStats, StatsOptions};
+use nq_host::quant::stats::{ModelStats, StatsOptions};
+use nq_host::quant::stats_device::collect_with;
 use nq_host::quant::workdir::WorkDir;
 use serde::Serialize;
 
@@ -312,7 +313,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         None => {
             let pb = bar(windows.len() as u64, a.quiet, "statistics");
             pb.set_message("windows");
-            let s = collect(w, &windows, &stats_opts, |done, _| {
+            let s = collect_with(&compute, w, &windows, &stats_opts, |done, _| {
                 pb.set_position(done as u64)
             })?;
             pb.finish_and_clear();

@@ -14,6 +14,51 @@ use crate::model::backward::LinearId;
 use crate::model::forward::RopeTable;
 use crate::model::{LayerWeights, Matrix, ModelConfig};
 
+/// A block's parameters in backend buffers.
+pub struct DeviceWeights<B: BlockBackend> {
+    attn_norm: B::Buf,
+    ffn_norm: B::Buf,
+    qk_norm: Option<(B::Buf, B::Buf)>,
+    /// Weights in [`LinearId::ALL`] order (`out × in`, row-major).
+    w: Vec<B::Buf>,
+    /// Biases of q, k, v.
+    bias: [Option<B::Buf>; 3],
+}
+
+impl<B: BlockBackend> DeviceWeights<B> {
+    /// Uploads block `l`'s norms, linears and biases.
+    pub fn upload(be: &B, l: &LayerWeights) -> Result<Self, BackendError> {
+        let up = |b: &Option<Vec<f32>>| b.as_deref().map(|b| be.upload(b)).transpose();
+        Ok(Self {
+            attn_norm: be.upload(&l.attn_norm)?,
+            ffn_norm: be.upload(&l.ffn_norm)?,
+            qk_norm: match (&l.q_norm, &l.k_norm) {
+                (Some(qn), Some(kn)) => Some((be.upload(qn)?, be.upload(kn)?)),
+                _ => None,
+            },
+            w: LinearId::ALL
+                .iter()
+                .map(|&id| be.upload(&id.weight(l).data))
+                .collect::<Result<Vec<_>, _>>()?,
+            bias: [up(&l.bq)?, up(&l.bk)?, up(&l.bv)?],
+        })
+    }
+
+    /// Bytes [`DeviceWeights::upload`] puts on the device for `l` (f32).
+    pub fn bytes(l: &LayerWeights) -> usize {
+        let vec = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, Vec::len);
+        let linears: usize = LinearId::ALL.iter().map(|id| id.weight(l).data.len()).sum();
+        4 * (linears
+            + l.attn_norm.len()
+            + l.ffn_norm.len()
+            + vec(&l.q_norm)
+            + vec(&l.k_norm)
+            + vec(&l.bq)
+            + vec(&l.bk)
+            + vec(&l.bv))
+    }
+}
+
 /// A block's forward and backward on backend `B`.
 pub struct DeviceBlock<'b, B: BlockBackend> {
     be: &'b B,
@@ -24,13 +69,7 @@ pub struct DeviceBlock<'b, B: BlockBackend> {
     kvd: usize,
     heads: (usize, usize, usize),
     eps: f32,
-    attn_norm: B::Buf,
-    ffn_norm: B::Buf,
-    qk_norm: Option<(B::Buf, B::Buf)>,
-    /// Weights in [`LinearId::ALL`] order (`out × in`, row-major).
-    w: Vec<B::Buf>,
-    /// Biases of q, k, v.
-    bias: [Option<B::Buf>; 3],
+    p: DeviceWeights<B>,
     cos: B::Buf,
     sin: B::Buf,
     // The tape.
@@ -75,6 +114,17 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
         rope: &RopeTable,
         t: usize,
     ) -> Result<Self, BackendError> {
+        Self::with_weights(be, DeviceWeights::upload(be, l)?, c, rope, t)
+    }
+
+    /// [`DeviceBlock::new`] with parameters already on the device.
+    pub fn with_weights(
+        be: &'b B,
+        p: DeviceWeights<B>,
+        c: &ModelConfig,
+        rope: &RopeTable,
+        t: usize,
+    ) -> Result<Self, BackendError> {
         let (d, f) = (c.d_model as usize, c.d_ffn as usize);
         let (h, kvh, hd) = (
             c.n_heads as usize,
@@ -90,15 +140,6 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
             ));
         }
         let z = |len: usize| be.zeros(len);
-        let qk_norm = match (&l.q_norm, &l.k_norm) {
-            (Some(qn), Some(kn)) => Some((be.upload(qn)?, be.upload(kn)?)),
-            _ => None,
-        };
-        let w = LinearId::ALL
-            .iter()
-            .map(|&id| be.upload(&id.weight(l).data))
-            .collect::<Result<Vec<_>, _>>()?;
-        let up = |b: &Option<Vec<f32>>| b.as_deref().map(|b| be.upload(b)).transpose();
         let outs = [qd, kvd, kvd, d, f, f, d];
         Ok(Self {
             be,
@@ -109,11 +150,7 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
             kvd,
             heads: (h, kvh, hd),
             eps: c.norm_eps,
-            attn_norm: be.upload(&l.attn_norm)?,
-            ffn_norm: be.upload(&l.ffn_norm)?,
-            qk_norm,
-            w,
-            bias: [up(&l.bq)?, up(&l.bk)?, up(&l.bv)?],
+            p,
             cos: be.upload(&cos[..t * half])?,
             sin: be.upload(&sin[..t * half])?,
             x_in: z(t * d)?,
@@ -147,30 +184,36 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
         })
     }
 
+    /// Exchanges the block's parameters with `other` (another block of the
+    /// same model, already on the device).
+    pub fn swap_weights(&mut self, other: &mut DeviceWeights<B>) {
+        std::mem::swap(&mut self.p, other);
+    }
+
     /// Replaces the weight of `id` with `w` (same shape) already on the
     /// device.
     pub fn set_weight(&mut self, id: LinearId, w: &B::Buf) -> Result<(), BackendError> {
-        self.be.copy(&mut self.w[id as usize], w)
+        self.be.copy(&mut self.p.w[id as usize], w)
     }
 
     /// Uploads `w` as the weight of `id`.
     pub fn upload_weight(&mut self, id: LinearId, w: &Matrix) -> Result<(), BackendError> {
-        self.w[id as usize] = self.be.upload(&w.data)?;
+        self.p.w[id as usize] = self.be.upload(&w.data)?;
         Ok(())
     }
 
     /// The weight of `id` on the device.
     pub fn weight(&self, id: LinearId) -> &B::Buf {
-        &self.w[id as usize]
+        &self.p.w[id as usize]
     }
 
     /// The weight of `id` on the device, mutably (for an optimizer step).
     pub fn weight_mut(&mut self, id: LinearId) -> &mut B::Buf {
-        &mut self.w[id as usize]
+        &mut self.p.w[id as usize]
     }
 
     /// `(out, in)` of linear `id`.
-    fn dims(&self, id: LinearId) -> (usize, usize) {
+    pub fn dims(&self, id: LinearId) -> (usize, usize) {
         match id {
             LinearId::Q => (self.qd, self.d),
             LinearId::K | LinearId::V => (self.kvd, self.d),
@@ -198,11 +241,23 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
                 Ok::<(), BackendError>(())
             };
         be.copy(&mut self.x_in, x)?;
-        be.rmsnorm(x, &self.attn_norm, self.eps, &mut self.h1, &mut self.inv1)?;
-        lin(&self.w, &self.bias, LinearId::Q, &self.h1, &mut self.q_pre)?;
-        lin(&self.w, &self.bias, LinearId::K, &self.h1, &mut self.k_pre)?;
-        lin(&self.w, &self.bias, LinearId::V, &self.h1, &mut self.v)?;
-        match &self.qk_norm {
+        be.rmsnorm(x, &self.p.attn_norm, self.eps, &mut self.h1, &mut self.inv1)?;
+        lin(
+            &self.p.w,
+            &self.p.bias,
+            LinearId::Q,
+            &self.h1,
+            &mut self.q_pre,
+        )?;
+        lin(
+            &self.p.w,
+            &self.p.bias,
+            LinearId::K,
+            &self.h1,
+            &mut self.k_pre,
+        )?;
+        lin(&self.p.w, &self.p.bias, LinearId::V, &self.h1, &mut self.v)?;
+        match &self.p.qk_norm {
             Some((qn, kn)) => {
                 be.rmsnorm(&self.q_pre, qn, self.eps, &mut self.q, &mut self.inv_q)?;
                 be.rmsnorm(&self.k_pre, kn, self.eps, &mut self.k, &mut self.inv_k)?;
@@ -225,27 +280,33 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
         )?;
         be.copy(y, x)?;
         lin(
-            &self.w,
-            &self.bias,
+            &self.p.w,
+            &self.p.bias,
             LinearId::O,
             &self.attn,
             &mut self.tmp_d,
         )?;
         be.add_assign(y, &self.tmp_d)?;
         be.copy(&mut self.x_mid, y)?;
-        be.rmsnorm(y, &self.ffn_norm, self.eps, &mut self.h2, &mut self.inv2)?;
+        be.rmsnorm(y, &self.p.ffn_norm, self.eps, &mut self.h2, &mut self.inv2)?;
         lin(
-            &self.w,
-            &self.bias,
+            &self.p.w,
+            &self.p.bias,
             LinearId::Gate,
             &self.h2,
             &mut self.gate,
         )?;
-        lin(&self.w, &self.bias, LinearId::Up, &self.h2, &mut self.up)?;
+        lin(
+            &self.p.w,
+            &self.p.bias,
+            LinearId::Up,
+            &self.h2,
+            &mut self.up,
+        )?;
         be.silu_mul(&mut self.act, &self.gate, &self.up)?;
         lin(
-            &self.w,
-            &self.bias,
+            &self.p.w,
+            &self.p.bias,
             LinearId::Down,
             &self.act,
             &mut self.tmp_d,
@@ -260,7 +321,7 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
         let be = self.be;
         let (t, d, f, qd, kvd) = (self.t, self.d, self.f, self.qd, self.kvd);
         let (h, kvh, _) = self.heads;
-        let w = &self.w;
+        let w = &self.p.w;
         let [d_q, d_k, d_v, d_o, d_gate, d_up, d_down] = &mut self.d_out[..] else {
             unreachable!("seven linears")
         };
@@ -292,7 +353,7 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
         be.copy(d_o, dy)?;
         be.rmsnorm_backward(
             &self.x_mid,
-            &self.ffn_norm,
+            &self.p.ffn_norm,
             &self.inv2,
             &self.tmp_d,
             d_o,
@@ -318,7 +379,7 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
         )?;
         be.rope(&mut self.dq, &self.cos, &self.sin, t, h, true)?;
         be.rope(&mut self.dk, &self.cos, &self.sin, t, kvh, true)?;
-        match &self.qk_norm {
+        match &self.p.qk_norm {
             Some((qn, kn)) => {
                 be.rmsnorm_backward(&self.q_pre, qn, &self.inv_q, &self.dq, d_q, false)?;
                 be.rmsnorm_backward(&self.k_pre, kn, &self.inv_k, &self.dk, d_k, false)?;
@@ -341,7 +402,7 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
         be.copy(&mut self.d_input, d_o)?;
         be.rmsnorm_backward(
             &self.x_in,
-            &self.attn_norm,
+            &self.p.attn_norm,
             &self.inv1,
             &self.tmp_d,
             &mut self.d_input,
@@ -359,16 +420,97 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
         &self.d_input
     }
 
+    /// The input of linear `id` in the last forward (`t × in`).
+    pub fn input(&self, id: LinearId) -> &B::Buf {
+        match id {
+            LinearId::Q | LinearId::K | LinearId::V => &self.h1,
+            LinearId::O => &self.attn,
+            LinearId::Gate | LinearId::Up => &self.h2,
+            LinearId::Down => &self.act,
+        }
+    }
+
+    /// Tokens per window.
+    pub fn tokens(&self) -> usize {
+        self.t
+    }
+
     /// `dW = (∂L/∂out)ᵀ · input` for linear `id` (`out × in`) into `dw`.
     pub fn weight_grad(&self, id: LinearId, dw: &mut B::Buf) -> Result<(), BackendError> {
-        let (input, inp) = match id {
-            LinearId::Q | LinearId::K | LinearId::V => (&self.h1, self.d),
-            LinearId::O => (&self.attn, self.qd),
-            LinearId::Gate | LinearId::Up => (&self.h2, self.d),
-            LinearId::Down => (&self.act, self.f),
-        };
         let dy = &self.d_out[id as usize];
-        let (out, _) = self.dims(id);
-        self.be.matmul(dw, dy, input, Op::Tn, (out, inp, self.t))
+        let (out, inp) = self.dims(id);
+        self.be
+            .matmul(dw, dy, self.input(id), Op::Tn, (out, inp, self.t))
+    }
+}
+
+/// Every block of a model run through one [`DeviceBlock`] (one tape, for
+/// windows of one length at a time): the blocks' parameters stay on the
+/// device when [`DeviceBlocks::new`] is told they fit, else each block is
+/// uploaded whenever it runs.
+pub struct DeviceBlocks<'b, 'w, B: BlockBackend> {
+    be: &'b B,
+    layers: &'w [LayerWeights],
+    config: &'w ModelConfig,
+    blk: Option<DeviceBlock<'b, B>>,
+    resident: Option<Vec<DeviceWeights<B>>>,
+}
+
+impl<'b, 'w, B: BlockBackend> DeviceBlocks<'b, 'w, B> {
+    /// The blocks `layers` of a model with config `c`; `resident` uploads
+    /// them all now.
+    pub fn new(
+        be: &'b B,
+        layers: &'w [LayerWeights],
+        c: &'w ModelConfig,
+        resident: bool,
+    ) -> Result<Self, BackendError> {
+        let resident = if resident {
+            Some(
+                layers
+                    .iter()
+                    .map(|l| DeviceWeights::upload(be, l))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            be,
+            layers,
+            config: c,
+            blk: None,
+            resident,
+        })
+    }
+
+    /// Runs `f` on block `b` set up for windows of `t` tokens.
+    pub fn with_block<R>(
+        &mut self,
+        b: usize,
+        t: usize,
+        f: impl FnOnce(&mut DeviceBlock<'b, B>) -> Result<R, BackendError>,
+    ) -> Result<R, BackendError> {
+        let be = self.be;
+        if self.blk.as_ref().is_none_or(|blk| blk.t != t) {
+            let c = self.config;
+            let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
+            let first = DeviceWeights::upload(be, &self.layers[b])?;
+            self.blk = Some(DeviceBlock::with_weights(be, first, c, &rope, t)?);
+        }
+        let blk = self.blk.as_mut().expect("made above");
+        match &mut self.resident {
+            Some(all) => {
+                blk.swap_weights(&mut all[b]);
+                let r = f(blk);
+                blk.swap_weights(&mut all[b]);
+                r
+            }
+            None => {
+                let mut p = DeviceWeights::upload(be, &self.layers[b])?;
+                blk.swap_weights(&mut p);
+                f(blk)
+            }
+        }
     }
 }

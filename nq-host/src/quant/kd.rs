@@ -89,8 +89,14 @@ fn teacher(logits: &[f32], vocab: usize, k: usize) -> TeacherWindow {
     TeacherWindow { ids, probs }
 }
 
-/// Loss and `∂loss/∂logits` (mean over positions).
-fn kd_loss(logits: &[f32], t: &TeacherWindow, vocab: usize, k: usize) -> (f64, Vec<f32>) {
+/// Loss and `∂loss/∂logits` (mean over positions) against the teacher's
+/// `k` tokens of each row (`ids`, `probs`: `rows × k`).
+pub(crate) fn kd_loss(
+    logits: &[f32],
+    (ids, probs): (&[u32], &[f32]),
+    vocab: usize,
+    k: usize,
+) -> (f64, Vec<f32>) {
     let rows = logits.len() / vocab;
     let mut d = vec![0.0f32; logits.len()];
     let loss: f64 = d
@@ -106,7 +112,7 @@ fn kd_loss(logits: &[f32], t: &TeacherWindow, vocab: usize, k: usize) -> (f64, V
             }
             let mut l = 0.0;
             for j in 0..k {
-                let (id, p) = (t.ids[r * k + j] as usize, t.probs[r * k + j]);
+                let (id, p) = (ids[r * k + j] as usize, probs[r * k + j]);
                 g[id] -= p / rows as f32;
                 l -= f64::from(p) * (f64::from(z[id]) - lse);
             }
@@ -188,7 +194,7 @@ pub fn model_reconstruct(
         for (win, tw) in windows.iter().zip(&teachers) {
             let mut tape = Tape::default();
             let logits = forward(&student, win, Some(&mut tape))?;
-            let (loss, dlogits) = kd_loss(&logits, tw, vocab, k);
+            let (loss, dlogits) = kd_loss(&logits, (&tw.ids, &tw.probs), vocab, k);
             drop(logits);
             epoch_loss += loss;
             let mut bo = BackwardOptions {

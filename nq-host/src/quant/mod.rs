@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod recon;
 pub mod recon_device;
 pub mod stats;
+pub mod stats_device;
 pub mod synthetic_blob;
 pub mod token_table;
 pub mod workdir;

@@ -19,6 +19,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::factor::LayerEnergies;
+use crate::backend::{BackendError, ModelBackend};
 use crate::linalg::matmul_nt;
 use crate::model::backward::{block_backward, head_backward, loss_and_dlogits, LinearId};
 use crate::model::forward::{block_forward, embed, rmsnorm, BlockTape, RopeTable};
@@ -99,40 +100,53 @@ struct CachedStats {
 
 /// Running sums of clipped squared token vectors at one site.
 #[derive(Clone, Debug, Default)]
-struct Site {
+pub(crate) struct Site {
     sum: Vec<f64>,
     norms: Vec<f32>,
     tokens: usize,
 }
 
 impl Site {
-    fn add(&mut self, rows: &[f32], width: usize, percentile: f64) {
+    /// Records one window's token norms (the rows of this site, `width`
+    /// wide) and returns each token's clipping factor: `τ / norm` above the
+    /// running percentile τ, else 1.
+    fn clip(&mut self, norms: Vec<f32>, width: usize, percentile: f64) -> Vec<f32> {
         if self.sum.is_empty() {
             self.sum = vec![0.0; width];
         }
         let first_new = self.norms.len();
-        self.norms.extend(rows.chunks_exact(width).map(|r| {
-            r.iter()
-                .map(|&v| f64::from(v) * f64::from(v))
-                .sum::<f64>()
-                .sqrt() as f32
-        }));
+        self.norms.extend(norms);
         let tau = percentile_of(&self.norms, percentile);
-        let norms = &self.norms[first_new..];
-        // Per channel, so the f64 sums do not depend on the thread split.
-        let n_rows = norms.len();
-        self.sum.par_iter_mut().enumerate().for_each(|(j, acc)| {
-            for (r, &norm) in norms.iter().enumerate().take(n_rows) {
-                let scale = if norm > tau && norm > 0.0 {
+        let scales: Vec<f32> = self.norms[first_new..]
+            .iter()
+            .map(|&norm| {
+                if norm > tau && norm > 0.0 {
                     tau / norm
                 } else {
                     1.0
-                };
-                let v = f64::from(rows[r * width + j] * scale);
-                *acc += v * v;
-            }
-        });
-        self.tokens += n_rows;
+                }
+            })
+            .collect();
+        self.tokens += scales.len();
+        scales
+    }
+
+    fn add(&mut self, rows: &[f32], width: usize, percentile: f64) {
+        let scales = self.clip(row_norms_host(rows, width), width, percentile);
+        add_clipped_squares_host(rows, &scales, &mut self.sum);
+    }
+
+    /// [`Site::add`] for rows in a backend buffer: the norms come back,
+    /// the clipping factors go down, the channel sums are updated there.
+    pub(crate) fn add_on<B: ModelBackend>(
+        &mut self,
+        be: &B,
+        rows: &B::Buf,
+        width: usize,
+        percentile: f64,
+    ) -> Result<(), BackendError> {
+        let scales = self.clip(be.row_norms(rows, width)?, width, percentile);
+        be.add_clipped_squares(rows, &scales, &mut self.sum)
     }
 
     fn finish(&self, shrinkage: f32, scale: f32) -> Vec<f32> {
@@ -145,6 +159,31 @@ impl Site {
             .map(|&d| (((1.0 - g) * d + g * mean) * f64::from(scale)) as f32)
             .collect()
     }
+}
+
+/// `‖row‖₂` of each row of `rows` (`width` wide), summed in f64.
+pub(crate) fn row_norms_host(rows: &[f32], width: usize) -> Vec<f32> {
+    rows.chunks_exact(width)
+        .map(|r| {
+            r.iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                .sqrt() as f32
+        })
+        .collect()
+}
+
+/// `acc[j] += Σ_r (rows[r][j]·scales[r])²` (`scales.len() × acc.len()`):
+/// the product in f32, square and sum in f64, rows in order per channel (so
+/// the sums do not depend on the thread split).
+pub(crate) fn add_clipped_squares_host(rows: &[f32], scales: &[f32], acc: &mut [f64]) {
+    let width = acc.len();
+    acc.par_iter_mut().enumerate().for_each(|(j, a)| {
+        for (r, &scale) in scales.iter().enumerate() {
+            let v = f64::from(rows[r * width + j] * scale);
+            *a += v * v;
+        }
+    });
 }
 
 /// The `p`-quantile (0..=1) of `values` (nearest rank, no interpolation).
@@ -178,23 +217,15 @@ pub fn collect(
     opts: &StatsOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<ModelStats, ModelError> {
+    check_windows(w, windows)?;
     let c = &w.config;
     let d = c.d_model as usize;
     let vocab = c.vocab_size as usize;
     let n_blocks = w.layers.len();
-    if windows.is_empty() {
-        return Err(ModelError::Config("no calibration windows".into()));
-    }
-    let mut inputs = vec![vec![Site::default(); INPUT_SITES]; n_blocks];
-    let mut outputs = vec![vec![Site::default(); LinearId::ALL.len()]; n_blocks];
+    let mut sites = Sites::new(n_blocks);
     let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
     for (wi, tokens_w) in windows.iter().enumerate() {
         let t = tokens_w.len();
-        if t < 2 {
-            return Err(ModelError::Config(
-                "calibration windows need at least 2 tokens".into(),
-            ));
-        }
         let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
         // Forward, keeping only each block's input.
         let mut x = embed(w, tokens_w)?;
@@ -221,37 +252,98 @@ pub fn collect(
             let mut tape = BlockTape::default();
             block_forward(l, c, &rope, &mut xb, t, Some(&mut tape));
             let g = block_backward(l, c, &rope, &tape, &dx, false);
-            let mut seen = [false; INPUT_SITES];
             for id in LinearId::ALL {
-                let site = input_site(id);
-                if !std::mem::replace(&mut seen[site], true) {
+                if let Some(site) = sites.input_once(b, id) {
                     let inp = id.input(&tape);
-                    inputs[b][site].add(inp, inp.len() / t, opts.clip_percentile);
+                    site.add(inp, inp.len() / t, opts.clip_percentile);
                 }
                 let go = g.outputs.get(id);
-                outputs[b][id as usize].add(go, go.len() / t, opts.clip_percentile);
+                sites.outputs[b][id as usize].add(go, go.len() / t, opts.clip_percentile);
             }
             dx = g.d_input;
         }
         progress(wi + 1, windows.len());
     }
-    let layers = (0..n_blocks)
-        .map(|b| {
-            LinearId::ALL
-                .iter()
-                .map(|&id| LayerEnergies {
-                    input: inputs[b][input_site(id)].finish(opts.shrinkage, 1.0),
-                    output: outputs[b][id as usize].finish(opts.shrinkage, opts.output_scale),
-                })
-                .collect()
-        })
-        .collect();
-    let predictions: usize = windows.iter().map(|w| w.len() - 1).sum();
-    Ok(ModelStats {
-        layers,
-        mean_loss: loss_sum / predictions as f64,
-        tokens,
-    })
+    Ok(sites.finish(opts, loss_sum, tokens, windows))
+}
+
+/// Checks calibration windows before a statistics pass: at least one, each
+/// of at least 2 tokens, every token in the vocabulary.
+pub(crate) fn check_windows(w: &ModelWeights, windows: &[Vec<u32>]) -> Result<(), ModelError> {
+    if windows.is_empty() {
+        return Err(ModelError::Config("no calibration windows".into()));
+    }
+    if windows.iter().any(|win| win.len() < 2) {
+        return Err(ModelError::Config(
+            "calibration windows need at least 2 tokens".into(),
+        ));
+    }
+    let vocab = w.config.vocab_size as usize;
+    if let Some(id) = windows.iter().flatten().find(|&&id| id as usize >= vocab) {
+        return Err(ModelError::Config(format!(
+            "token {id} outside the vocabulary ({vocab})"
+        )));
+    }
+    Ok(())
+}
+
+/// The running sums of every site of every block.
+pub(crate) struct Sites {
+    inputs: Vec<Vec<Site>>,
+    pub(crate) outputs: Vec<Vec<Site>>,
+    /// Per block, which input sites this window has seen.
+    seen: Vec<[bool; INPUT_SITES]>,
+}
+
+impl Sites {
+    pub(crate) fn new(n_blocks: usize) -> Self {
+        Self {
+            inputs: vec![vec![Site::default(); INPUT_SITES]; n_blocks],
+            outputs: vec![vec![Site::default(); LinearId::ALL.len()]; n_blocks],
+            seen: vec![[false; INPUT_SITES]; n_blocks],
+        }
+    }
+
+    /// The input site of linear `id` of block `b` the first time one of
+    /// the linears sharing it asks in a window ([`LinearId::ALL`] order,
+    /// `Down` last), `None` after that.
+    pub(crate) fn input_once(&mut self, b: usize, id: LinearId) -> Option<&mut Site> {
+        let site = input_site(id);
+        let seen = &mut self.seen[b];
+        let first = !std::mem::replace(&mut seen[site], true);
+        if id == LinearId::Down {
+            // The block's last linear: the next window starts afresh.
+            *seen = [false; INPUT_SITES];
+        }
+        first.then(|| &mut self.inputs[b][site])
+    }
+
+    pub(crate) fn finish(
+        &self,
+        opts: &StatsOptions,
+        loss_sum: f64,
+        tokens: usize,
+        windows: &[Vec<u32>],
+    ) -> ModelStats {
+        let layers = (0..self.inputs.len())
+            .map(|b| {
+                LinearId::ALL
+                    .iter()
+                    .map(|&id| LayerEnergies {
+                        input: self.inputs[b][input_site(id)].finish(opts.shrinkage, 1.0),
+                        output: self.outputs[b][id as usize]
+                            .finish(opts.shrinkage, opts.output_scale),
+                    })
+                    .collect()
+            })
+            .collect();
+        let predictions: usize = windows.iter().map(|w| w.len() - 1).sum();
+        ModelStats {
+            layers,
+            mean_loss: loss_sum / predictions as f64,
+            tokens,
+        }
+    }
 }
 
 #[cfg(test)]
