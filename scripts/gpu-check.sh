@@ -23,6 +23,7 @@ build() {
     # Test executables: (package, test target, name under $BIN).
     local pkg target name exe
     for spec in "nq-host backend backend-tests" "nq-host recon recon-tests" \
+        "nq-host stats stats-tests" "nq-host kd kd-tests" \
         "nq-cuda-emu gpu emu-gpu-tests"; do
         read -r pkg target name <<<"$spec"
         exe=$(cargo test --release -p "$pkg" --test "$target" --no-run --message-format=json 2>/dev/null |
@@ -67,7 +68,8 @@ PY
 run() {
     local out=${1:?usage: scripts/gpu-check.sh run OUTDIR}
     mkdir -p "$out"
-    [[ -x $BIN/backend-tests && -x $BIN/recon-tests && -x $BIN/emu-gpu-tests ]] || build
+    [[ -x $BIN/backend-tests && -x $BIN/recon-tests && -x $BIN/stats-tests && -x $BIN/kd-tests &&
+        -x $BIN/emu-gpu-tests ]] || build
     nvidia-smi -L | tee "$out/gpu.txt" || true
     find_libs | tee "$out/libs.txt"
     export NQ_REQUIRE_GPU=1
@@ -75,6 +77,8 @@ run() {
     "$BIN/backend-tests" --nocapture --test-threads 1 2>&1 | tee "$out/backend-tests.log"
     "$BIN/emu-gpu-tests" --nocapture 2>&1 | tee "$out/emu-gpu-tests.log"
     "$BIN/recon-tests" --nocapture cuda 2>&1 | tee "$out/recon-tests.log"
+    "$BIN/stats-tests" --nocapture cuda 2>&1 | tee "$out/stats-tests.log"
+    "$BIN/kd-tests" --nocapture cuda 2>&1 | tee "$out/kd-tests.log"
     "$BIN/nq-host" bench admm --shapes 576x576,1536x576,4096x4096,11008x4096 --iters 10 \
         --json | tee "$out/bench-admm.json"
 }

@@ -182,3 +182,53 @@ fn gpu_backward_and_training_ops_match_the_emulation() {
         .adamw(&mut gparams, &up(&[1.0]), (&mut gm, &mut gv), 1, 1e-2, 0.0)
         .is_err());
 }
+
+#[test]
+fn gpu_statistics_and_loss_ops_match_the_emulation() {
+    let Some(g) = gpu() else { return };
+    let up = |v: &[f32]| g.upload(v).unwrap();
+
+    let (rows, width) = (7, 513);
+    let x = random(rows * width, 30);
+    close(
+        &g.row_norms(&up(&x), width).unwrap(),
+        &ops::row_norms(&x, width),
+        "row norms",
+    );
+    let s: Vec<f32> = (0..rows).map(|r| 1.0 / (1.0 + r as f32)).collect();
+    let (mut acc, mut gacc) = (vec![0.5f64; width], vec![0.5f64; width]);
+    ops::add_clipped_squares(&x, &s, &mut acc);
+    g.add_clipped_squares(&up(&x), &s, &mut gacc).unwrap();
+    // Explicitly rounded f64 operations in the same order: equal bits.
+    assert_eq!(gacc, acc, "clipped squares");
+
+    let (t, vocab) = (6, 1000);
+    let z: Vec<f32> = random(t * vocab, 31).iter().map(|v| 8.0 * v).collect();
+    let tokens: Vec<u32> = (0..t as u32).map(|i| (97 * i + 5) % vocab as u32).collect();
+    let (loss, dl) = ops::cross_entropy(&z, &tokens, vocab);
+    let mut gdl = g.zeros(t * vocab).unwrap();
+    let gloss = g.cross_entropy(&up(&z), &tokens, vocab, &mut gdl).unwrap();
+    assert!(
+        (gloss - loss).abs() < 1e-9 * loss.abs(),
+        "{gloss} vs {loss}"
+    );
+    close(&down(&g, &gdl), &dl, "cross-entropy gradient");
+
+    let k = 4;
+    let ids: Vec<u32> = (0..t * k)
+        .map(|e| ((e / k) * 13 + (e % k) * 101) as u32 % vocab as u32)
+        .collect();
+    let probs: Vec<f32> = (0..t * k).map(|e| [0.4, 0.3, 0.2, 0.1][e % k]).collect();
+    let (kd, kdl) = ops::kd_loss(&z, &ids, &probs, k, vocab);
+    let mut gkdl = g.zeros(t * vocab).unwrap();
+    let gkd = g
+        .kd_loss(&up(&z), (&ids, &probs), k, vocab, &mut gkdl)
+        .unwrap();
+    assert!((gkd - kd).abs() < 1e-6 * kd.abs(), "{gkd} vs {kd}");
+    close(&down(&g, &gkdl), &kdl, "distillation gradient");
+
+    // Bad ids and shapes are errors, not launches.
+    let bad: Vec<u32> = vec![vocab as u32; t];
+    assert!(g.cross_entropy(&up(&z), &bad, vocab, &mut gdl).is_err());
+    assert!(g.row_norms(&up(&x), 500).is_err());
+}

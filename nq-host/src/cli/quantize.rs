@@ -9,7 +9,8 @@ use nq_host::backend::{select_with, DeviceChoice, GpuMath};
 use nq_host::quant::calib::{sample_windows, tokenize_files, CalibOptions};
 use nq_host::quant::export::{build_blob, EmbedFormat};
 use nq_host::quant::factor::{AdmmOptions, Method};
-use nq_host::quant::kd::{model_reconstruct, KdOptions, KdReport};
+use nq_host::quant::kd::{KdOptions, KdReport};
+use nq_host::quant::kd_device::model_reconstruct_with;
 use nq_host::quant::pipeline::{quantize_linears, LayerReport, QuantizeOptions};
 use nq_host::quant::recon::{output_aligned, reconstruct, BlockReport, ReconOptions};
 use nq_host::quant::stats::{ModelStats, StatsOptions};
@@ -465,9 +466,14 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let kd = if full && kd_opts.epochs > 0 {
         let steps = kd_opts.epochs * recon_windows;
         let kb = bar(steps as u64, a.quiet, "model KD");
-        let r = model_reconstruct(w, &mut q, &windows[..recon_windows], &kd_opts, |s, _| {
-            kb.set_position(s as u64)
-        })?;
+        let r = model_reconstruct_with(
+            &opts.compute,
+            w,
+            &mut q,
+            &windows[..recon_windows],
+            &kd_opts,
+            |s, _| kb.set_position(s as u64),
+        )?;
         kb.finish_and_clear();
         if !a.quiet {
             eprintln!(

@@ -484,6 +484,11 @@ impl<'b, 'w, B: BlockBackend> DeviceBlocks<'b, 'w, B> {
         })
     }
 
+    /// Whether every block's parameters stay on the device.
+    pub fn resident(&self) -> bool {
+        self.resident.is_some()
+    }
+
     /// Runs `f` on block `b` set up for windows of `t` tokens.
     pub fn with_block<R>(
         &mut self,

@@ -52,12 +52,12 @@ pub struct KdReport {
 }
 
 /// The top-`k` teacher distribution of each position of one window.
-struct TeacherWindow {
-    ids: Vec<u32>,
-    probs: Vec<f32>,
+pub(crate) struct TeacherWindow {
+    pub(crate) ids: Vec<u32>,
+    pub(crate) probs: Vec<f32>,
 }
 
-fn teacher(logits: &[f32], vocab: usize, k: usize) -> TeacherWindow {
+pub(crate) fn teacher(logits: &[f32], vocab: usize, k: usize) -> TeacherWindow {
     let rows: Vec<(Vec<u32>, Vec<f32>)> = logits
         .par_chunks(vocab)
         .map(|row| {
@@ -99,7 +99,7 @@ pub(crate) fn kd_loss(
 ) -> (f64, Vec<f32>) {
     let rows = logits.len() / vocab;
     let mut d = vec![0.0f32; logits.len()];
-    let loss: f64 = d
+    let losses: Vec<f64> = d
         .par_chunks_mut(vocab)
         .zip(logits.par_chunks(vocab))
         .enumerate()
@@ -118,8 +118,9 @@ pub(crate) fn kd_loss(
             }
             l
         })
-        .sum();
-    (loss / rows as f64, d)
+        .collect();
+    // Summed in row order: the same loss whatever the thread split.
+    (losses.iter().sum::<f64>() / rows as f64, d)
 }
 
 fn state_of(p: &TensorPayload) -> Option<FactorState> {
@@ -148,6 +149,50 @@ fn state_of(p: &TensorPayload) -> Option<FactorState> {
     })
 }
 
+/// The student model: `w` with every decoder linear replaced by its
+/// quantized form in `q` (a factorized layer as `diag(s_post)·U·V·
+/// diag(s_pre)`, a binary or dense payload dequantized), and the training
+/// state of each factorized linear (`[block][LinearId::ALL]`).
+pub(crate) fn student_of(
+    w: &ModelWeights,
+    q: &QuantizedLinears,
+) -> (ModelWeights, Vec<Vec<Option<FactorState>>>) {
+    let mut student = w.clone();
+    let mut states = Vec::with_capacity(q.payloads.len());
+    for (b, block) in q.payloads.iter().enumerate() {
+        let mut row = Vec::with_capacity(LinearId::ALL.len());
+        for (id, p) in LinearId::ALL.into_iter().zip(block) {
+            let s = state_of(p);
+            *id.weight_mut(&mut student.layers[b]) = match &s {
+                Some(s) => s.dense(),
+                None => crate::quant::export::payload_dense(p),
+            };
+            row.push(s);
+        }
+        states.push(row);
+    }
+    (student, states)
+}
+
+/// Replaces each factorized payload of `q` by its layer with the trained
+/// scales of `states` (same signs, scales rounded to f16, bias kept).
+pub(crate) fn export_scales(
+    q: &mut QuantizedLinears,
+    states: &[Vec<Option<FactorState>>],
+) -> Result<(), ModelError> {
+    for (block, row) in q.payloads.iter_mut().zip(states) {
+        for (p, slot) in block.iter_mut().zip(row) {
+            if let (Some(s), TensorPayload::Factorized(f)) = (slot, &*p) {
+                let bias: Option<Vec<f32>> = f.bias().map(|b| b.iter().collect());
+                *p = s
+                    .payload(bias.as_deref())
+                    .map_err(|e| ModelError::Config(e.to_string()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Trains every factorized layer's scales in `q` against the FP model `w`
 /// on `windows`; `q`'s payloads are replaced by the updated layers.
 /// Non-factorized payloads are left alone. `progress(step, total)` after
@@ -166,26 +211,20 @@ pub fn model_reconstruct(
         .iter()
         .map(|win| forward(w, win, None).map(|z| teacher(&z, vocab, k)))
         .collect::<Result<_, _>>()?;
-    // The student: FP weights with every factorized linear replaced.
-    let mut student = w.clone();
-    let mut states: Vec<Vec<Option<(FactorState, Adam, Adam)>>> = Vec::new();
-    for (b, block) in q.payloads.iter().enumerate() {
-        let mut row = Vec::with_capacity(7);
-        for (id, p) in LinearId::ALL.into_iter().zip(block) {
-            let s = state_of(p).map(|s| {
-                *id.weight_mut(&mut student.layers[b]) = s.dense();
-                let (n, m) = (s.s_pre.len(), s.s_post.len());
-                (s, Adam::new(n), Adam::new(m))
-            });
-            if s.is_none() {
-                // Binary or dense payloads keep their own dequantized weight.
-                let p = crate::quant::export::payload_dense(p);
-                *id.weight_mut(&mut student.layers[b]) = p;
-            }
-            row.push(s);
-        }
-        states.push(row);
-    }
+    let (mut student, factors) = student_of(w, q);
+    let mut states: Vec<Vec<Option<(FactorState, Adam, Adam)>>> = factors
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|s| {
+                    s.map(|s| {
+                        let (n, m) = (s.s_pre.len(), s.s_post.len());
+                        (s, Adam::new(n), Adam::new(m))
+                    })
+                })
+                .collect()
+        })
+        .collect();
     let total = opts.epochs * windows.len();
     let mut step = 0;
     let mut loss_per_epoch = Vec::with_capacity(opts.epochs);
@@ -222,17 +261,11 @@ pub fn model_reconstruct(
         }
         loss_per_epoch.push(epoch_loss / windows.len() as f64);
     }
-    // Export: same signs, trained scales (f16), the layer's bias kept.
-    for (block, row) in q.payloads.iter_mut().zip(&states) {
-        for (p, slot) in block.iter_mut().zip(row) {
-            if let (Some((s, _, _)), TensorPayload::Factorized(f)) = (slot, &*p) {
-                let bias: Option<Vec<f32>> = f.bias().map(|b| b.iter().collect());
-                *p = s
-                    .payload(bias.as_deref())
-                    .map_err(|e| ModelError::Config(e.to_string()))?;
-            }
-        }
-    }
+    let trained: Vec<Vec<Option<FactorState>>> = states
+        .into_iter()
+        .map(|row| row.into_iter().map(|s| s.map(|(s, _, _)| s)).collect())
+        .collect();
+    export_scales(q, &trained)?;
     Ok(KdReport {
         loss_per_epoch,
         seconds: start.elapsed().as_secs_f64(),

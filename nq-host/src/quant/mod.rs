@@ -8,6 +8,8 @@ pub mod export;
 pub mod factor;
 pub mod factor_train;
 pub mod kd;
+pub mod kd_device;
+pub mod model_device;
 pub mod pipeline;
 pub mod recon;
 pub mod recon_device;
