@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
 use cudarc::cusolver::sys as solver_sys;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -43,6 +43,10 @@ pub enum GemmPrecision {
     F32,
     /// TF32 tensor cores (10-bit mantissa products, f32 accumulation).
     Tf32,
+    /// bf16 tensor cores: f32 operands rounded to bf16 (8-bit mantissas)
+    /// inside cuBLAS (`CUBLAS_COMPUTE_32F_FAST_16BF`), f32 accumulation
+    /// and output.
+    Bf16,
 }
 
 /// Launches kernel `$name` with `$cfg` and the arguments, in order.
@@ -149,7 +153,7 @@ impl Gpu {
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS", e))?;
         let mode = match precision {
-            GemmPrecision::F32 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+            GemmPrecision::F32 | GemmPrecision::Bf16 => blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
             GemmPrecision::Tf32 => blas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
         };
         // SAFETY: `blas` owns a live handle.
@@ -309,7 +313,60 @@ impl Gpu {
         };
         // SAFETY: the sizes checked above cover every element the product
         // reads (b: k·n, a: m·k) and writes (c: m·n) with these strides.
-        unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| err("cublasSgemm", e))
+        unsafe { self.sgemm(cfg, b, a, c) }
+    }
+
+    /// One cuBLAS product `c = α·op(a)·op(b) + β·c` (column-major) in the
+    /// configured arithmetic: `cublasSgemm` for f32 and TF32 (the handle's
+    /// math mode), `cublasGemmEx` with bf16 compute for bf16.
+    ///
+    /// # Safety
+    /// The buffers must hold every element `cfg` reaches.
+    unsafe fn sgemm(
+        &self,
+        cfg: GemmConfig<f32>,
+        a: &Buf,
+        b: &Buf,
+        c: &mut Buf,
+    ) -> Result<(), CudaError> {
+        if self.precision != GemmPrecision::Bf16 {
+            // SAFETY: forwarded from the caller.
+            return unsafe { self.blas.gemm(cfg, a, b, c) }.map_err(|e| err("cublasSgemm", e));
+        }
+        use blas_sys::cudaDataType::CUDA_R_32F as F32;
+        let (pa, _ra) = a.device_ptr(&self.stream);
+        let (pb, _rb) = b.device_ptr(&self.stream);
+        let (pc, _rc) = c.device_ptr_mut(&self.stream);
+        // SAFETY: f32 device buffers the caller vouches for; α and β live
+        // on the host for the call (the handle's default pointer mode).
+        let status = unsafe {
+            blas_sys::cublasGemmEx(
+                *self.blas.handle(),
+                cfg.transa,
+                cfg.transb,
+                cfg.m,
+                cfg.n,
+                cfg.k,
+                (&raw const cfg.alpha).cast(),
+                pa as *const std::ffi::c_void,
+                F32,
+                cfg.lda,
+                pb as *const std::ffi::c_void,
+                F32,
+                cfg.ldb,
+                (&raw const cfg.beta).cast(),
+                pc as *mut std::ffi::c_void,
+                F32,
+                cfg.ldc,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        if status == blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            Ok(())
+        } else {
+            Err(err("cublasGemmEx", status))
+        }
     }
 
     /// `c = a · b` (`+= ` with `accumulate`) on host memory through cuBLAS:
@@ -399,7 +456,7 @@ impl Gpu {
         // SAFETY: `pick` and the reach lengths above guarantee every element
         // cuBLAS reads (bᵀ, aᵀ with these ops and leading dimensions) and
         // writes (n × m with ld = ldc) lies inside the uploaded buffers.
-        unsafe { self.blas.gemm(cfg, &db, &da, &mut dc) }.map_err(|e| err("cublasSgemm", e))?;
+        unsafe { self.sgemm(cfg, &db, &da, &mut dc) }?;
         // Into a temporary first: `c` changes only once everything worked,
         // so a caller that falls back to the CPU after an error never sees
         // (and accumulates onto) a half-written `c`.

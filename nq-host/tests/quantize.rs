@@ -300,7 +300,7 @@ fn quantize_refuses_bad_input_cleanly() {
         "{err}"
     );
     assert!(
-        err.contains("f32, tf32") && !err.contains("panicked"),
+        err.contains("f32, tf32, bf16") && !err.contains("panicked"),
         "{err}"
     );
     assert_refused(

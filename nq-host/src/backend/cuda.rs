@@ -21,6 +21,7 @@ impl CudaBackend {
         let precision = match math {
             GpuMath::F32 => nq_cuda::GemmPrecision::F32,
             GpuMath::Tf32 => nq_cuda::GemmPrecision::Tf32,
+            GpuMath::Bf16 => nq_cuda::GemmPrecision::Bf16,
         };
         let gpu = nq_cuda::Gpu::new(ordinal, precision).map_err(device)?;
         Ok(Self { gpu })
