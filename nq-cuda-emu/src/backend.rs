@@ -340,6 +340,13 @@ impl Backend for EmuBackend {
         Ok(())
     }
 
+    fn pack_signs(&self, x: &Vec<f32>, rows: usize, cols: usize) -> Result<Vec<u8>, BackendError> {
+        let len = nq_host::backend::pack_shape(x.len(), rows, cols)?;
+        let mut bytes = ops::pack_signs(x, rows, cols);
+        bytes.truncate(len);
+        Ok(bytes)
+    }
+
     fn adamw(
         &self,
         p: &mut Vec<f32>,

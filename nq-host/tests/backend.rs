@@ -87,6 +87,29 @@ fn oracle_svid(x: &[f32], rows: usize, cols: usize, iters: usize) -> Vec<f64> {
 
 /// Every operation of `be` against the oracles.
 fn conformance<B: Backend>(be: &B) {
+    // Sign packing: the blob's layout, read back through nq-core, on shapes
+    // that are not multiples of a tile (16 rows) or of the column padding;
+    // −0 and 0 are +1.
+    for (s, &(rows, cols)) in [(1, 1), (17, 33), (5, 130), (32, 64)].iter().enumerate() {
+        let mut x = random(rows * cols, 200 + s as u64);
+        x[0] = -0.0;
+        if x.len() > 1 {
+            x[1] = 0.0;
+        }
+        let bytes = be.pack_signs(&be.upload(&x).unwrap(), rows, cols).unwrap();
+        // Byte for byte what the blob writer packs (padding bits 0).
+        let host = nq_core::SignMatrix::from_fn(rows, cols, |i, j| x[i * cols + j] < 0.0);
+        assert_eq!(bytes, host.as_bytes(), "{rows} × {cols}");
+        let m = nq_core::SignMatrix::new(rows, cols, bytes).unwrap();
+        for i in 0..rows {
+            for j in 0..cols {
+                assert_eq!(m.is_negative(i, j), x[i * cols + j] < 0.0, "({i}, {j})");
+            }
+        }
+    }
+    let x3 = be.upload(&[1.0, -1.0, 2.0]).unwrap();
+    assert!(be.pack_signs(&x3, 2, 2).is_err(), "wrong shape");
+    assert!(be.pack_signs(&x3, 0, 3).is_err(), "empty matrix");
     // Products on odd shapes, all three layouts.
     for (s, &(m, n, k)) in [(3, 5, 7), (17, 1, 4), (1, 9, 33), (40, 24, 65)]
         .iter()

@@ -349,6 +349,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn pack_signs(&self, x: &Vec<f32>, rows: usize, cols: usize) -> Result<Vec<u8>, BackendError> {
+        super::pack_shape(x.len(), rows, cols)?;
+        let s = nq_core::SignMatrix::from_fn(rows, cols, |i, j| x[i * cols + j] < 0.0);
+        Ok(s.as_bytes().to_vec())
+    }
+
     fn adamw(
         &self,
         p: &mut Vec<f32>,

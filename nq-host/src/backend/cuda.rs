@@ -165,6 +165,14 @@ impl Backend for CudaBackend {
             .scale_grads((dw, p), (s_pre, s_post), g, d_pre, d_post)
             .map_err(device)
     }
+    fn pack_signs(&self, x: &Self::Buf, rows: usize, cols: usize) -> Result<Vec<u8>, BackendError> {
+        let len = super::pack_shape(x.len(), rows, cols)?;
+        let packed = self.gpu.pack_signs(x, rows, cols).map_err(device)?;
+        let mut bytes = self.gpu.download_bytes(&packed).map_err(device)?;
+        bytes.truncate(len);
+        Ok(bytes)
+    }
+
     fn adamw(
         &self,
         p: &mut Self::Buf,

@@ -147,6 +147,10 @@ pub trait Backend {
         d_pre: &mut Self::Buf,
         d_post: &mut Self::Buf,
     ) -> Result<(), BackendError>;
+    /// The signs of `x` (`rows × cols`, both ≥ 1; bit set where `x < 0`)
+    /// packed in the blob's tile layout: the bytes of
+    /// `nq_core::SignMatrix::from_fn(rows, cols, |i, j| x[i][j] < 0)`.
+    fn pack_signs(&self, x: &Self::Buf, rows: usize, cols: usize) -> Result<Vec<u8>, BackendError>;
     /// AdamW step `step` (from 1) on `p` with gradient `g` and moments
     /// `m`, `v` (β1 0.9, β2 0.999, ε 1e-8; decoupled weight decay `wd`).
     #[allow(clippy::too_many_arguments)]
@@ -160,6 +164,15 @@ pub trait Backend {
         lr: f32,
         wd: f32,
     ) -> Result<(), BackendError>;
+}
+
+/// Checks a [`Backend::pack_signs`] call (`len` values, a non-empty
+/// `rows × cols` matrix) and returns the packed length.
+pub fn pack_shape(len: usize, rows: usize, cols: usize) -> Result<usize, BackendError> {
+    if rows == 0 || cols == 0 || rows.checked_mul(cols) != Some(len) {
+        return Err(shape_error("pack_signs"));
+    }
+    nq_core::sign::packed_len(rows, cols).ok_or_else(|| shape_error("pack_signs"))
 }
 
 /// Head layout of an attention call: `(heads, kv_heads, head_dim)`.

@@ -10,10 +10,14 @@
 //! are the same up to summation order (`tests/backend.rs` compares every
 //! backend with it).
 
+use nq_core::{F16Vector, FactorizedLinear, SignMatrix};
+
 use crate::backend::{Backend, BackendError, Op};
+use crate::blob_writer::TensorPayload;
 use crate::model::Matrix;
 
-use super::recon::FactorState;
+use super::factor::FactorError;
+use super::recon::{round_f16, FactorState};
 
 /// The training state of one factorized layer on backend `B`.
 pub struct DeviceFactor<B: Backend> {
@@ -75,6 +79,11 @@ impl<B: Backend> DeviceFactor<B> {
             d_pre: be.zeros(n)?,
             d_post: be.zeros(m)?,
         })
+    }
+
+    /// `(m, n, r)`.
+    pub fn dims(&self) -> (usize, usize, usize) {
+        (self.m, self.n, self.r)
     }
 
     /// One step from `dw = ∂L/∂Ŵ` (`m × n`, host): the straight-through
@@ -143,6 +152,37 @@ impl<B: Backend> DeviceFactor<B> {
         let mut w = Matrix::zeros(m, n);
         be.download(self.dense_device(be)?, &mut w.data)?;
         Ok(w)
+    }
+
+    /// Hardens the layer (straight-through training ends): the exported
+    /// layer with `bias` — the latents' signs packed on the device (only
+    /// the bits come back), the scales rounded to f16 — and its weight
+    /// `Ŵ` with those scales, which the state keeps from now on. What
+    /// [`FactorState::payload`] and [`FactorState::hardened_dense`] give
+    /// for [`DeviceFactor::state`], without downloading the latents.
+    pub fn harden(
+        &mut self,
+        be: &B,
+        bias: Option<&[f32]>,
+    ) -> Result<(Matrix, TensorPayload), FactorError> {
+        let (m, n, r) = (self.m, self.n, self.r);
+        let (mut s_pre, mut s_post) = (vec![0.0; n], vec![0.0; m]);
+        be.download(&self.s_pre, &mut s_pre)?;
+        be.download(&self.s_post, &mut s_post)?;
+        let shape = |_| FactorError::Numerical("factorized layer shape");
+        let u = SignMatrix::new(m, r, be.pack_signs(&self.la, m, r)?).map_err(shape)?;
+        let v = SignMatrix::new(r, n, be.pack_signs(&self.lb, r, n)?).map_err(shape)?;
+        let layer = FactorizedLinear::new(
+            u,
+            v,
+            F16Vector::from_f32(&s_pre),
+            F16Vector::from_f32(&s_post),
+            bias.map(F16Vector::from_f32),
+        )
+        .map_err(shape)?;
+        self.s_pre = be.upload(&round_f16(&s_pre))?;
+        self.s_post = be.upload(&round_f16(&s_post))?;
+        Ok((self.dense(be)?, TensorPayload::Factorized(layer)))
     }
 
     /// The current latents and scales, downloaded.

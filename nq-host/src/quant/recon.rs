@@ -148,7 +148,7 @@ fn signs(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-fn round_f16(x: &[f32]) -> Vec<f32> {
+pub(crate) fn round_f16(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
 }
 
@@ -460,8 +460,22 @@ pub(crate) fn harden(
 ) -> Result<(Matrix, TensorPayload, LayerReport), FactorError> {
     let hard = state.hardened_dense();
     let payload = state.payload(bias)?;
-    let (m, n, r) = (fp.rows, fp.cols, state.la.cols);
-    let report = LayerReport {
+    let report = hardened_report((b, id), state.la.cols, fp, &hard, stats, started);
+    Ok((hard, payload, report))
+}
+
+/// The report of linear `id` of block `b` hardened at rank `r` to `hard`,
+/// against the FP weight `fp`.
+pub(crate) fn hardened_report(
+    (b, id): (usize, LinearId),
+    r: usize,
+    fp: &Matrix,
+    hard: &Matrix,
+    stats: &ModelStats,
+    started: std::time::Instant,
+) -> LayerReport {
+    let (m, n) = (fp.rows, fp.cols);
+    LayerReport {
         block: b,
         name: super::export::linear_name(b, id),
         m,
@@ -469,10 +483,9 @@ pub(crate) fn harden(
         rank: Some(r),
         bits: super::factor::factorized_bits(m, n, r),
         bpw: super::factor::factorized_bits(m, n, r) as f64 / (m * n) as f64,
-        weighted_rel_error: super::factor::weighted_rel_error(fp, &hard, stats.get(b, id)),
+        weighted_rel_error: super::factor::weighted_rel_error(fp, hard, stats.get(b, id)),
         seconds: started.elapsed().as_secs_f64(),
-    };
-    Ok((hard, payload, report))
+    }
 }
 
 /// What a block's reconstruction returns: the seven payloads and reports

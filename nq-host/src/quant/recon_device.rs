@@ -19,7 +19,7 @@ use super::factor::FactorError;
 use super::factor_train::{DeviceFactor, StepRates};
 use super::pipeline::{LayerReport, QuantizeOptions};
 use super::recon::{
-    admm_init, bias_of, cosine, finish_block, harden, mse_norm, rel_error, BlockReport,
+    admm_init, bias_of, cosine, finish_block, hardened_report, mse_norm, rel_error, BlockReport,
     ReconOptions, ORDER,
 };
 use super::stats::ModelStats;
@@ -186,17 +186,12 @@ pub fn reconstruct_block_on<B: BlockBackend>(
                 },
             )?;
         }
-        // 4. Harden and freeze.
-        let state = dev.state(be)?;
+        // 4. Harden and freeze: signs packed on the device, only the bits
+        // and the hardened weight come back.
         let bias = bias_of(student, id).map(<[f32]>::to_vec);
-        let (hard, payload, report) = harden(
-            (b, id),
-            &state,
-            bias.as_deref(),
-            id.weight(fp),
-            stats,
-            layer_start,
-        )?;
+        let (hard, payload) = dev.harden(be, bias.as_deref())?;
+        let r = dev.dims().2;
+        let report = hardened_report((b, id), r, id.weight(fp), &hard, stats, layer_start);
         blk.upload_weight(id, &hard)?;
         *id.weight_mut(student) = hard;
         on_layer(&report);
