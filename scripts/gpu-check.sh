@@ -81,6 +81,7 @@ run() {
     "$BIN/kd-tests" --nocapture cuda 2>&1 | tee "$out/kd-tests.log"
     "$BIN/nq-host" bench admm --shapes 576x576,1536x576,4096x4096,11008x4096 --iters 10 \
         --json | tee "$out/bench-admm.json"
+    "$BIN/nq-host" bench stats --json | tee "$out/bench-stats.json"
 }
 
 case "${1:-}" in

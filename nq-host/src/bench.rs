@@ -190,3 +190,112 @@ pub fn admm(
         rel_error: q.weighted_rel_error,
     })
 }
+
+/// SmolLM2-135M's shapes (30 blocks of d 576, FFN 1536, 9 query and 3 KV
+/// heads of 64, vocabulary 49,152, tied head) with `layers` blocks: what
+/// `bench stats` runs on random weights, so it needs no download.
+pub fn smollm2_shapes(layers: u32) -> crate::model::ModelConfig {
+    crate::model::ModelConfig {
+        arch: crate::model::Arch::Llama,
+        n_layers: layers,
+        d_model: 576,
+        d_ffn: 1536,
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        vocab_size: 49_152,
+        max_seq_len: 8192,
+        rope_theta: 100_000.0,
+        norm_eps: 1e-5,
+        tied_embeddings: true,
+        attn_bias: false,
+        qk_norm: false,
+        bos_id: None,
+        eos_id: None,
+    }
+}
+
+/// One statistics pass, timed (`nq-host bench stats`).
+#[derive(Clone, Debug, Serialize)]
+pub struct StatsTiming {
+    /// `cpu` or `cuda:N name`.
+    pub device: String,
+    /// Blocks of the model.
+    pub layers: u32,
+    /// Calibration windows × tokens.
+    pub windows: usize,
+    /// Tokens per window.
+    pub ctx: usize,
+    /// Wall time of the pass, seconds.
+    pub seconds: f64,
+    /// Calibration tokens per second.
+    pub tokens_per_second: f64,
+    /// Calibration loss (the same model and windows on every device).
+    pub mean_loss: f64,
+    /// Largest difference of any energy from the first device's, relative
+    /// to its vector's largest entry (`None` for the first device).
+    pub max_rel_diff: Option<f64>,
+}
+
+/// Times the calibration-statistics pass of a random model `w` over
+/// `windows` on `compute` (the host pass on the CPU, the device pass on a
+/// GPU, without the fallback). Returns the timing (without
+/// `max_rel_diff`) and the statistics.
+pub fn stats(
+    w: &ModelWeights,
+    windows: &[Vec<u32>],
+    compute: &crate::backend::Compute,
+) -> anyhow::Result<(StatsTiming, crate::quant::stats::ModelStats)> {
+    use crate::backend::Compute;
+    use crate::quant::stats::{collect, StatsOptions};
+    let opts = StatsOptions::default();
+    let start = Instant::now();
+    let s = match compute {
+        Compute::Cpu => collect(w, windows, &opts, |_, _| {})?,
+        Compute::Cuda(g) => crate::quant::stats_device::collect_on(
+            &**g,
+            w,
+            windows,
+            &opts,
+            crate::quant::model_device::RESIDENT_WEIGHT_BYTES,
+            |_, _| {},
+        )?,
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let tokens: usize = windows.iter().map(Vec::len).sum();
+    Ok((
+        StatsTiming {
+            device: compute.describe(),
+            layers: w.config.n_layers,
+            windows: windows.len(),
+            ctx: windows.first().map_or(0, Vec::len),
+            seconds,
+            tokens_per_second: tokens as f64 / seconds,
+            mean_loss: s.mean_loss,
+            max_rel_diff: None,
+        },
+        s,
+    ))
+}
+
+/// The largest difference between two sets of statistics' energies,
+/// relative to each vector's largest entry.
+pub fn max_rel_diff(
+    a: &crate::quant::stats::ModelStats,
+    b: &crate::quant::stats::ModelStats,
+) -> f64 {
+    let pairs = a.layers.iter().flatten().zip(b.layers.iter().flatten());
+    let mut worst = 0.0f64;
+    for (x, y) in pairs {
+        for (u, v) in [(&x.input, &y.input), (&x.output, &y.output)] {
+            let scale = u
+                .iter()
+                .fold(0.0f32, |m, e| m.max(e.abs()))
+                .max(f32::MIN_POSITIVE);
+            for (p, q) in u.iter().zip(v) {
+                worst = worst.max(f64::from((p - q).abs() / scale));
+            }
+        }
+    }
+    worst
+}

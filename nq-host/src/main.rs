@@ -83,8 +83,8 @@ enum BenchCommand {
         /// Device of the large products (auto, cpu, cuda).
         #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
         device: nq_host::backend::DeviceChoice,
-        /// Arithmetic of the GPU's products: f32, or tf32 (tensor cores,
-        /// ~1e-3 relative product error). Ignored on the CPU.
+        /// Arithmetic of the GPU's products: f32, or tensor cores with tf32
+        /// (~1e-3 relative product error) or bf16 (~4e-3). Ignored on the CPU.
         #[arg(long, value_enum, default_value_t = nq_host::backend::GpuMath::F32)]
         gpu_math: nq_host::backend::GpuMath,
         /// Print the result as JSON.
@@ -111,8 +111,37 @@ enum BenchCommand {
         /// or cuda (GPU only).
         #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
         device: nq_host::backend::DeviceChoice,
-        /// Arithmetic of the GPU's products: f32, or tf32 (tensor cores,
-        /// ~1e-3 relative product error). Ignored on the CPU.
+        /// Arithmetic of the GPU's products: f32, or tensor cores with tf32
+        /// (~1e-3 relative product error) or bf16 (~4e-3). Ignored on the CPU.
+        #[arg(long, value_enum, default_value_t = nq_host::backend::GpuMath::F32)]
+        gpu_math: nq_host::backend::GpuMath,
+        /// Worker threads of the CPU runs (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The calibration-statistics pass (forward, loss, checkpointed
+    /// backward, clipped energies) of a model with SmolLM2-135M's shapes
+    /// and random weights, timed per device (with a GPU: the GPU and the
+    /// CPU side by side, and how far their statistics differ).
+    Stats {
+        /// Decoder blocks (SmolLM2-135M has 30).
+        #[arg(long, default_value_t = 30)]
+        layers: u32,
+        /// Calibration windows.
+        #[arg(long, default_value_t = 4)]
+        windows: usize,
+        /// Tokens per window.
+        #[arg(long, default_value_t = 256)]
+        ctx: usize,
+        /// Device: auto (GPU and CPU when a GPU is usable, else CPU), cpu
+        /// or cuda (GPU only).
+        #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
+        device: nq_host::backend::DeviceChoice,
+        /// Arithmetic of the GPU's products: f32, or tensor cores with tf32
+        /// (~1e-3 relative product error) or bf16 (~4e-3). Ignored on the CPU.
         #[arg(long, value_enum, default_value_t = nq_host::backend::GpuMath::F32)]
         gpu_math: nq_host::backend::GpuMath,
         /// Worker threads of the CPU runs (default: all cores).
@@ -151,8 +180,8 @@ struct EvalArgs {
     /// the CPU), cpu, or cuda (an error without a GPU).
     #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
     device: nq_host::backend::DeviceChoice,
-    /// Arithmetic of the GPU's products: f32, or tf32 (tensor cores,
-    /// ~1e-3 relative product error). Ignored on the CPU.
+    /// Arithmetic of the GPU's products: f32, or tensor cores with tf32
+    /// (~1e-3 relative product error) or bf16 (~4e-3). Ignored on the CPU.
     #[arg(long, value_enum, default_value_t = nq_host::backend::GpuMath::F32)]
     gpu_math: nq_host::backend::GpuMath,
 }
@@ -215,6 +244,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             cli::set_threads(threads)?;
             bench_admm(&shapes, bpw, iters, (device, gpu_math), json)
+        }
+        Command::Bench(BenchCommand::Stats {
+            layers,
+            windows,
+            ctx,
+            device,
+            gpu_math,
+            threads,
+            json,
+        }) => {
+            cli::set_threads(threads)?;
+            bench_stats((layers, windows, ctx), (device, gpu_math), json)
         }
         Command::Bench(BenchCommand::Fp32 {
             model,
@@ -301,6 +342,57 @@ fn use_device(
     compute.install_offload();
     let line = notice.unwrap_or_else(|| compute.describe());
     Ok((compute, line))
+}
+
+fn bench_stats(
+    (layers, windows, ctx): (u32, usize, usize),
+    (device, math): (nq_host::backend::DeviceChoice, nq_host::backend::GpuMath),
+    json: bool,
+) -> anyhow::Result<()> {
+    use nq_host::backend::{select_with, Compute, DeviceChoice};
+    use rand::{Rng, SeedableRng};
+    if layers == 0 || windows == 0 || ctx < 2 {
+        bail!("--layers and --windows must be at least 1, --ctx at least 2");
+    }
+    let (compute, notice) =
+        select_with(device, math).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    if let Some(n) = notice {
+        eprintln!("note: {n}");
+    }
+    let mut devices = vec![compute.clone()];
+    if compute.is_gpu() && device == DeviceChoice::Auto {
+        devices.push(Compute::Cpu);
+    }
+    let config = nq_host::bench::smollm2_shapes(layers);
+    let vocab = config.vocab_size;
+    let w = nq_host::model::synthetic::random_model(config, 1);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let wins: Vec<Vec<u32>> = (0..windows)
+        .map(|_| (0..ctx).map(|_| rng.gen_range(0..vocab)).collect())
+        .collect();
+    let mut rows = Vec::new();
+    let mut first = None;
+    for c in &devices {
+        let (mut t, s) = nq_host::bench::stats(&w, &wins, c)?;
+        match &first {
+            None => first = Some(s),
+            Some(f) => t.max_rel_diff = Some(nq_host::bench::max_rel_diff(f, &s)),
+        }
+        if !json {
+            let diff = t.max_rel_diff.map_or(String::new(), |d| {
+                format!("  max energy difference {d:.2e}")
+            });
+            println!(
+                "{:<28} {} blocks, {} × {} tokens {:>9.3} s {:>9.1} tokens/s  loss {:.4}{diff}",
+                t.device, t.layers, t.windows, t.ctx, t.seconds, t.tokens_per_second, t.mean_loss
+            );
+        }
+        rows.push(t);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
 }
 
 fn bench_admm(

@@ -406,3 +406,42 @@ fn run_and_footprint_on_a_synthetic_blob() {
     );
     assert!(out.contains(&format!("RAM:   {need} bytes")), "{out}");
 }
+
+#[test]
+fn bench_stats_reports_a_pass_and_refuses_bad_sizes() {
+    let out = nq_host(&[
+        "bench",
+        "stats",
+        "--layers",
+        "1",
+        "--windows",
+        "2",
+        "--ctx",
+        "8",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &rows.as_array().unwrap()[0];
+    assert_eq!(row["device"], "cpu");
+    assert_eq!(
+        (row["layers"].as_u64(), row["windows"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert!(row["tokens_per_second"].as_f64().unwrap() > 0.0);
+    // Random weights over a 49,152-token vocabulary: a loss near ln(vocab).
+    let loss = row["mean_loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss > 1.0, "{loss}");
+    assert!(
+        row["max_rel_diff"].is_null(),
+        "one device, nothing to compare"
+    );
+    let bad = nq_host(&["bench", "stats", "--ctx", "1", "--device", "cpu"]);
+    assert_one_line_error(&bad, "--ctx at least 2");
+}

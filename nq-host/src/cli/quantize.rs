@@ -150,8 +150,8 @@ pub struct QuantizeArgs {
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
     /// Arithmetic of the GPU's products: f32 (the CPU's results to
-    /// rounding), or tf32 (tensor cores: faster, ~1e-3 relative product
-    /// error). Ignored on the CPU.
+    /// rounding), or tensor cores, faster: tf32 (~1e-3 relative product
+    /// error) or bf16 (~4e-3). Ignored on the CPU.
     #[arg(long, value_enum, default_value_t = GpuMath::F32)]
     gpu_math: GpuMath,
     /// Worker threads (default: all cores).
