@@ -541,7 +541,10 @@ impl BlockBackend for EmuBackend {
 
 impl ModelBackend for EmuBackend {
     fn row_norms(&self, x: &Vec<f32>, width: usize) -> Result<Vec<f32>, BackendError> {
-        shape(x.len(), x.len().checked_div(width).unwrap_or(0), width)?;
+        if width == 0 {
+            return Err(BackendError::Device("row_norms: zero width".into()));
+        }
+        shape(x.len(), x.len() / width, width)?;
         Ok(ops::row_norms(x, width))
     }
 

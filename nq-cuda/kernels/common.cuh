@@ -1,6 +1,6 @@
 // Shared by every kernel file (nq-cuda/src/kernels.rs puts it in front of
 // each source): the block size of the reduction kernels and the block-wide
-// reductions. Launches use exactly NQ_BLOCK threads per block (gpu.rs
+// reductions. Launches use exactly NQ_BLOCK threads per block (geometry.rs
 // `BLOCK`, checked by a test), a power of two.
 
 #define NQ_BLOCK 256

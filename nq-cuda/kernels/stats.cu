@@ -38,7 +38,9 @@ extern "C" __global__ void nq_clipped_squares(const float* x, const float* s, do
 }
 
 // The largest logit of row zr (f32, as the CPU's fold) and Σ_j e_j over the
-// row, e_j = exp(zr[j] − max) in f64, for every thread of the block.
+// row in f64, for every thread of the block: e_j = exp(zr[j] − max) with the
+// subtraction in f64, or in f32 with `f32_shift` (the distillation loss's
+// CPU arithmetic).
 __device__ void nq_row_softmax_sums(const float* zr, int vocab, bool f32_shift, float* shf,
                                     double* sh, float* max_out, double* sum_out) {
     float local_max = __int_as_float(0xff800000);  // −∞

@@ -148,6 +148,14 @@ impl Gpu {
 
     fn open(info: DeviceInfo, precision: GemmPrecision) -> Result<Self, CudaError> {
         let (major, minor) = info.compute_capability;
+        if precision != GemmPrecision::F32 && major < 8 {
+            // cuBLAS would quietly compute in f32 instead.
+            return Err(CudaError::new(format!(
+                "{precision:?} products need tensor cores of compute capability 8.0 \
+                 (Ampere) or newer; {} is {major}.{minor}",
+                info.name
+            )));
+        }
         let arch = nvrtc::arch_for((major * 10 + minor) as u32)?;
         let ctx = CudaContext::new(info.ordinal).map_err(|e| err("CUDA context", e))?;
         let stream = ctx.default_stream();

@@ -28,7 +28,10 @@ impl Gpu {
 
     /// `‖x[r]‖₂` of each row of `x` (`rows × width`), on the host.
     pub fn row_norms(&self, x: &Buf, width: usize) -> Result<Vec<f32>, CudaError> {
-        let rows = x.len().checked_div(width).unwrap_or(0);
+        if width == 0 {
+            return Err(CudaError::new("row_norms: zero width"));
+        }
+        let rows = x.len() / width;
         let (r, w) = shape(x.len(), rows, width)?;
         if rows == 0 {
             return Ok(Vec::new());

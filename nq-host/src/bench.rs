@@ -257,7 +257,7 @@ pub fn stats(
             w,
             windows,
             &opts,
-            crate::quant::model_device::RESIDENT_WEIGHT_BYTES,
+            crate::quant::model_device::resident_budget(g),
             |_, _| {},
         )?,
     };

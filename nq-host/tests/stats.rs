@@ -246,3 +246,33 @@ fn device_statistics_refuse_bad_windows() {
         assert!(e.to_string().contains(want), "{e}");
     }
 }
+
+/// The statistics ops refuse shapes that do not fit instead of panicking.
+fn statistics_ops_refuse_bad_shapes<B: ModelBackend>(be: &B) {
+    let empty = be.upload(&[]).unwrap();
+    assert!(be.row_norms(&empty, 0).is_err(), "zero width");
+    let x = be.upload(&[1.0, 2.0, 3.0]).unwrap();
+    assert!(be.row_norms(&x, 2).is_err(), "3 values are not rows of 2");
+    assert!(be
+        .add_clipped_squares(&x, &[1.0, 1.0], &mut [0.0; 2])
+        .is_err());
+    let mut g = be.zeros(3).unwrap();
+    assert!(
+        be.cross_entropy(&x, &[0, 1, 5], 1, &mut g).is_err(),
+        "token 5 ≥ vocab 1"
+    );
+    assert!(be.cross_entropy(&x, &[0], 3, &mut g).is_err(), "one token");
+    assert!(
+        be.kd_loss(&x, (&[4], &[1.0]), 1, 3, &mut g).is_err(),
+        "id 4 ≥ vocab 3"
+    );
+}
+
+#[test]
+fn statistics_ops_refuse_bad_shapes_on_every_backend() {
+    statistics_ops_refuse_bad_shapes(&CpuBackend::default());
+    statistics_ops_refuse_bad_shapes(&nq_cuda_emu::EmuBackend::default());
+    if let Some(gpu) = common::cuda_backend() {
+        statistics_ops_refuse_bad_shapes(&gpu);
+    }
+}

@@ -542,12 +542,10 @@ impl BlockBackend for CpuBackend {
 /// on this backend is the host run.
 impl ModelBackend for CpuBackend {
     fn row_norms(&self, x: &Vec<f32>, width: usize) -> Result<Vec<f32>, BackendError> {
-        check(
-            x.len(),
-            x.len().checked_div(width).unwrap_or(0),
-            width,
-            "row_norms",
-        )?;
+        if width == 0 {
+            return Err(BackendError::Device("row_norms: zero width".into()));
+        }
+        check(x.len(), x.len() / width, width, "row_norms")?;
         Ok(crate::quant::stats::row_norms_host(x, width))
     }
 

@@ -446,8 +446,9 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
 
 /// Every block of a model run through one [`DeviceBlock`] (one tape, for
 /// windows of one length at a time): the blocks' parameters stay on the
-/// device when [`DeviceBlocks::new`] is told they fit, else each block is
-/// uploaded whenever it runs.
+/// device when [`DeviceBlocks::new`] is told they fit (plus one spare
+/// block's, the tape's own), else each block is uploaded whenever it runs
+/// — and then changes `f` makes to the weights are lost with the upload.
 pub struct DeviceBlocks<'b, 'w, B: BlockBackend> {
     be: &'b B,
     layers: &'w [LayerWeights],
@@ -497,7 +498,10 @@ impl<'b, 'w, B: BlockBackend> DeviceBlocks<'b, 'w, B> {
         f: impl FnOnce(&mut DeviceBlock<'b, B>) -> Result<R, BackendError>,
     ) -> Result<R, BackendError> {
         let be = self.be;
-        if self.blk.as_ref().is_none_or(|blk| blk.t != t) {
+        let rebuild = self.blk.as_ref().is_none_or(|blk| blk.t != t);
+        if rebuild {
+            // The old tape goes before the new one is allocated.
+            self.blk = None;
             let c = self.config;
             let rope = RopeTable::new(c.head_dim as usize, c.rope_theta, t);
             let first = DeviceWeights::upload(be, &self.layers[b])?;
@@ -512,8 +516,10 @@ impl<'b, 'w, B: BlockBackend> DeviceBlocks<'b, 'w, B> {
                 r
             }
             None => {
-                let mut p = DeviceWeights::upload(be, &self.layers[b])?;
-                blk.swap_weights(&mut p);
+                if !rebuild {
+                    let mut p = DeviceWeights::upload(be, &self.layers[b])?;
+                    blk.swap_weights(&mut p);
+                }
                 f(blk)
             }
         }

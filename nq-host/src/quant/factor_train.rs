@@ -180,8 +180,11 @@ impl<B: Backend> DeviceFactor<B> {
             bias.map(F16Vector::from_f32),
         )
         .map_err(shape)?;
-        self.s_pre = be.upload(&round_f16(&s_pre))?;
-        self.s_post = be.upload(&round_f16(&s_post))?;
+        let (pre, post) = (
+            be.upload(&round_f16(&s_pre))?,
+            be.upload(&round_f16(&s_post))?,
+        );
+        (self.s_pre, self.s_post) = (pre, post);
         Ok((self.dense(be)?, TensorPayload::Factorized(layer)))
     }
 

@@ -15,8 +15,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use super::device_block::DeviceWeights;
 use super::kd::{export_scales, student_of, teacher, KdOptions, KdReport};
-use super::model_device::{DeviceModel, DeviceRunError, RESIDENT_WEIGHT_BYTES};
+use super::model_device::{resident_budget, DeviceModel, DeviceRunError};
 use super::pipeline::QuantizedLinears;
 use super::recon::{cosine, FactorState};
 use crate::backend::{Backend, BackendError, Compute, ModelBackend, Op};
@@ -119,8 +120,8 @@ impl<B: Backend> Scales<B> {
 }
 
 /// [`super::kd::model_reconstruct`] on backend `be`. The student's blocks
-/// must fit in `resident_bytes` (they are trained in place); the teacher
-/// pass streams them when they do not.
+/// must fit in `resident_bytes` (they are trained in place): a larger model
+/// is refused before any device work (the caller runs KD on the host).
 pub fn model_reconstruct_on<B: ModelBackend>(
     be: &B,
     w: &ModelWeights,
@@ -133,6 +134,18 @@ pub fn model_reconstruct_on<B: ModelBackend>(
     let start = Instant::now();
     let vocab = w.config.vocab_size as usize;
     let k = opts.top_k.clamp(1, vocab);
+    // The student has the FP model's shapes: refuse before any device work.
+    if w.layers
+        .iter()
+        .map(DeviceWeights::<B>::bytes)
+        .sum::<usize>()
+        > resident_bytes
+    {
+        return Err(BackendError::Device(
+            "model reconstruction needs the whole student on the device".into(),
+        )
+        .into());
+    }
     let teachers = {
         let mut fp = DeviceModel::new(be, w, resident_bytes)?;
         let mut z = Vec::new();
@@ -148,12 +161,7 @@ pub fn model_reconstruct_on<B: ModelBackend>(
     };
     let (student, mut factors) = student_of(w, q);
     let mut model = DeviceModel::new(be, &student, resident_bytes)?;
-    if !model.resident() {
-        return Err(BackendError::Device(
-            "model reconstruction needs the whole student on the device".into(),
-        )
-        .into());
-    }
+    debug_assert!(model.resident(), "checked above");
     let mut scales = Vec::new();
     let mut scratch: HashMap<(usize, usize, usize), Scratch<B>> = HashMap::new();
     for (b, row) in factors.iter().enumerate() {
@@ -215,15 +223,7 @@ pub fn model_reconstruct_with(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<KdReport, ModelError> {
     if let Compute::Cuda(g) = compute {
-        let r = model_reconstruct_on(
-            &**g,
-            w,
-            q,
-            windows,
-            opts,
-            RESIDENT_WEIGHT_BYTES,
-            &mut progress,
-        );
+        let r = model_reconstruct_on(&**g, w, q, windows, opts, resident_budget(g), &mut progress);
         match r {
             Ok(r) => return Ok(r),
             Err(DeviceRunError::Model(e)) => return Err(e),

@@ -15,6 +15,14 @@ use crate::model::{ModelError, ModelWeights};
 /// them.
 pub const RESIDENT_WEIGHT_BYTES: usize = 16 << 30;
 
+/// How many bytes of block parameters may stay on `gpu`: at most
+/// [`RESIDENT_WEIGHT_BYTES`] and at most 40 % of the card's memory, which
+/// leaves the rest for the activations of a window, the logits, the tape
+/// and (in KD) the factors, scales and moments.
+pub fn resident_budget(gpu: &crate::backend::CudaBackend) -> usize {
+    RESIDENT_WEIGHT_BYTES.min(gpu.gpu().info().total_mem / 5 * 2)
+}
+
 /// A device pass failed: bad input (the same on every device) or the
 /// device itself.
 #[derive(Debug, thiserror::Error)]

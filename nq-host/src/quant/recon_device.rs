@@ -192,7 +192,8 @@ pub fn reconstruct_block_on<B: BlockBackend>(
         let (hard, payload) = dev.harden(be, bias.as_deref())?;
         let r = dev.dims().2;
         let report = hardened_report((b, id), r, id.weight(fp), &hard, stats, layer_start);
-        blk.upload_weight(id, &hard)?;
+        // The hardened weight is still on the device: no upload.
+        blk.set_weight(id, dev.dense_device(be)?)?;
         *id.weight_mut(student) = hard;
         on_layer(&report);
         done[k] = Some((payload, report));

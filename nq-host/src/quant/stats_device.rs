@@ -8,10 +8,11 @@
 //! sums are added there.
 //!
 //! On the CPU backend this is the host pass bit for bit (tested); on a GPU
-//! the sums of squares are the CPU's arithmetic and only the reduction
-//! orders of norms, RMSNorm and the products differ.
+//! the sums of squares are the CPU's arithmetic, and the reduction orders
+//! of norms, RMSNorm, the softmax sums and the products, and the device's
+//! `exp`, differ.
 
-use super::model_device::{DeviceModel, DeviceRunError, RESIDENT_WEIGHT_BYTES};
+use super::model_device::{resident_budget, DeviceModel, DeviceRunError};
 use super::stats::{check_windows, ModelStats, Sites, StatsOptions};
 use crate::backend::{Compute, ModelBackend};
 use crate::model::backward::LinearId;
@@ -19,8 +20,9 @@ use crate::model::{ModelError, ModelWeights};
 
 /// [`super::stats::collect`] on backend `be`; the blocks' parameters stay
 /// on the device when they take at most `resident_bytes`
-/// ([`RESIDENT_WEIGHT_BYTES`] on a GPU), else they are uploaded block by
-/// block, twice per window.
+/// (on a GPU [`resident_budget`]: at most
+/// [`RESIDENT_WEIGHT_BYTES`](super::model_device::RESIDENT_WEIGHT_BYTES)), else
+/// they are uploaded block by block, twice per window.
 pub fn collect_on<B: ModelBackend>(
     be: &B,
     w: &ModelWeights,
@@ -66,7 +68,7 @@ pub fn collect_with(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<ModelStats, ModelError> {
     if let Compute::Cuda(g) = compute {
-        match collect_on(&**g, w, windows, opts, RESIDENT_WEIGHT_BYTES, &mut progress) {
+        match collect_on(&**g, w, windows, opts, resident_budget(g), &mut progress) {
             Ok(s) => return Ok(s),
             Err(DeviceRunError::Model(e)) => return Err(e),
             Err(DeviceRunError::Backend(e)) => {
