@@ -3,8 +3,8 @@
 
 use nq_cuda::geometry::{grid_stride, per_elem, per_row, single_block};
 use nq_host::backend::{
-    attention_shape, check_ids, rope_shape, Backend, BackendError, BlockBackend, CpuBackend, Heads,
-    ModelBackend, Op,
+    attention_shape, cross_entropy_shape, kd_loss_shape, rope_shape, Backend, BackendError,
+    BlockBackend, CpuBackend, Heads, ModelBackend, Op,
 };
 
 use crate::{ffi, launch, ops, P};
@@ -566,14 +566,7 @@ impl ModelBackend for EmuBackend {
         vocab: usize,
         dlogits: &mut Vec<f32>,
     ) -> Result<f64, BackendError> {
-        shape(logits.len(), tokens.len(), vocab)?;
-        shape(dlogits.len(), tokens.len(), vocab)?;
-        if tokens.len() < 2 {
-            return Err(BackendError::Device(
-                "cross_entropy: fewer than 2 tokens".into(),
-            ));
-        }
-        check_ids(tokens, vocab)?;
+        cross_entropy_shape((logits.len(), dlogits.len()), tokens, vocab)?;
         let (loss, g) = ops::cross_entropy(logits, tokens, vocab);
         *dlogits = g;
         Ok(loss)
@@ -587,17 +580,7 @@ impl ModelBackend for EmuBackend {
         vocab: usize,
         dlogits: &mut Vec<f32>,
     ) -> Result<f64, BackendError> {
-        let rows = logits.len().checked_div(vocab).unwrap_or(0);
-        shape(logits.len(), rows, vocab)?;
-        shape(dlogits.len(), rows, vocab)?;
-        shape(ids.len(), rows, k)?;
-        shape(probs.len(), rows, k)?;
-        if rows == 0 || k == 0 {
-            return Err(BackendError::Device(
-                "kd_loss: no rows or no teacher tokens".into(),
-            ));
-        }
-        check_ids(ids, vocab)?;
+        kd_loss_shape((logits.len(), dlogits.len()), (ids, probs), k, vocab)?;
         let (loss, g) = ops::kd_loss(logits, ids, probs, k, vocab);
         *dlogits = g;
         Ok(loss)

@@ -12,7 +12,7 @@ use crate::CudaError;
 
 impl Gpu {
     /// Copies `buf` back to the host and waits.
-    fn fetch<T: DeviceRepr + ValidAsZeroBits + Clone + Default>(
+    pub(super) fn fetch<T: DeviceRepr + ValidAsZeroBits + Clone + Default>(
         &self,
         buf: &CudaSlice<T>,
     ) -> Result<Vec<T>, CudaError> {

@@ -444,13 +444,6 @@ impl Gpu {
 
     /// Copies device bytes (packed signs) back to the host and waits.
     pub fn download_bytes(&self, buf: &CudaSlice<u8>) -> Result<Vec<u8>, CudaError> {
-        let mut out = vec![0u8; buf.len()];
-        self.stream
-            .memcpy_dtoh(buf, &mut out)
-            .map_err(|e| err("download", e))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| err("synchronize", e))?;
-        Ok(out)
+        self.fetch(buf)
     }
 }

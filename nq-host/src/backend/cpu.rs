@@ -12,8 +12,7 @@ use faer::Parallelism;
 use rayon::prelude::*;
 
 use super::{
-    attention_shape, check_ids, rope_shape, Backend, BackendError, BlockBackend, Heads,
-    ModelBackend, Op,
+    attention_shape, rope_shape, Backend, BackendError, BlockBackend, Heads, ModelBackend, Op,
 };
 use crate::linalg::{matmul_nn, matmul_nt, matmul_tn};
 use crate::quant::factor::sign1;
@@ -567,15 +566,7 @@ impl ModelBackend for CpuBackend {
         vocab: usize,
         dlogits: &mut Vec<f32>,
     ) -> Result<f64, BackendError> {
-        let t = tokens.len();
-        check(logits.len(), t, vocab, "cross_entropy")?;
-        check(dlogits.len(), t, vocab, "cross_entropy gradient")?;
-        if t < 2 {
-            return Err(BackendError::Device(
-                "cross_entropy: fewer than 2 tokens".into(),
-            ));
-        }
-        check_ids(tokens, vocab)?;
+        super::cross_entropy_shape((logits.len(), dlogits.len()), tokens, vocab)?;
         let (loss, g) = crate::model::backward::loss_and_dlogits(logits, tokens, vocab);
         *dlogits = g;
         Ok(loss)
@@ -589,17 +580,7 @@ impl ModelBackend for CpuBackend {
         vocab: usize,
         dlogits: &mut Vec<f32>,
     ) -> Result<f64, BackendError> {
-        let rows = logits.len().checked_div(vocab).unwrap_or(0);
-        check(logits.len(), rows, vocab, "kd_loss")?;
-        check(dlogits.len(), rows, vocab, "kd_loss gradient")?;
-        check(ids.len(), rows, k, "kd_loss teacher ids")?;
-        check(probs.len(), rows, k, "kd_loss teacher probabilities")?;
-        if rows == 0 || k == 0 {
-            return Err(BackendError::Device(
-                "kd_loss: no rows or no teacher tokens".into(),
-            ));
-        }
-        check_ids(ids, vocab)?;
+        super::kd_loss_shape((logits.len(), dlogits.len()), (ids, probs), k, vocab)?;
         let (loss, g) = crate::quant::kd::kd_loss(logits, (ids, probs), vocab, k);
         *dlogits = g;
         Ok(loss)

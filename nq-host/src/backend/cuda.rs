@@ -2,7 +2,10 @@
 //! factorization; only the start (weights, initial factors) and the end
 //! (factors, latents) cross the bus.
 
-use super::{check_ids, Backend, BackendError, BlockBackend, GpuMath, Heads, ModelBackend, Op};
+use super::{
+    cross_entropy_shape, kd_loss_shape, Backend, BackendError, BlockBackend, GpuMath, Heads,
+    ModelBackend, Op,
+};
 
 /// One CUDA device as a quantizer backend.
 pub struct CudaBackend {
@@ -335,7 +338,7 @@ impl ModelBackend for CudaBackend {
         vocab: usize,
         dlogits: &mut Self::Buf,
     ) -> Result<f64, BackendError> {
-        check_ids(tokens, vocab)?;
+        cross_entropy_shape((logits.len(), dlogits.len()), tokens, vocab)?;
         self.gpu
             .cross_entropy(logits, tokens, vocab, dlogits)
             .map_err(device)
@@ -349,7 +352,7 @@ impl ModelBackend for CudaBackend {
         vocab: usize,
         dlogits: &mut Self::Buf,
     ) -> Result<f64, BackendError> {
-        check_ids(teacher.0, vocab)?;
+        kd_loss_shape((logits.len(), dlogits.len()), teacher, k, vocab)?;
         self.gpu
             .kd_loss(logits, teacher, k, vocab, dlogits)
             .map_err(device)

@@ -372,6 +372,50 @@ pub trait ModelBackend: BlockBackend {
     ) -> Result<f64, BackendError>;
 }
 
+/// Checks a [`ModelBackend::cross_entropy`] call: logits and gradient of
+/// `tokens.len()` (≥ 2) rows of `vocab`, every token in the vocabulary.
+pub fn cross_entropy_shape(
+    (logits, dlogits): (usize, usize),
+    tokens: &[u32],
+    vocab: usize,
+) -> Result<(), BackendError> {
+    let want = tokens.len().checked_mul(vocab);
+    if want != Some(logits) || want != Some(dlogits) {
+        return Err(shape_error("cross_entropy"));
+    }
+    if tokens.len() < 2 {
+        return Err(BackendError::Device(
+            "cross_entropy: fewer than 2 tokens".into(),
+        ));
+    }
+    check_ids(tokens, vocab)
+}
+
+/// Checks a [`ModelBackend::kd_loss`] call: logits and gradient of whole
+/// rows of `vocab`, `k` teacher ids and probabilities per row (at least
+/// one row and one id), every id in the vocabulary. Returns the rows.
+pub fn kd_loss_shape(
+    (logits, dlogits): (usize, usize),
+    (ids, probs): (&[u32], &[f32]),
+    k: usize,
+    vocab: usize,
+) -> Result<usize, BackendError> {
+    let rows = logits.checked_div(vocab).unwrap_or(0);
+    let whole = |len: usize, cols: usize| rows.checked_mul(cols) == Some(len);
+    if !(whole(logits, vocab) && whole(dlogits, vocab) && whole(ids.len(), k))
+        || probs.len() != ids.len()
+    {
+        return Err(shape_error("kd_loss"));
+    }
+    if rows == 0 || k == 0 {
+        return Err(BackendError::Device(
+            "kd_loss: no rows or no teacher tokens".into(),
+        ));
+    }
+    check_ids(ids, vocab)?;
+    Ok(rows)
+}
+
 /// Checks the token ids a loss is given against the vocabulary.
 pub fn check_ids(ids: &[u32], vocab: usize) -> Result<(), BackendError> {
     match ids.iter().find(|&&id| id as usize >= vocab) {
