@@ -12,7 +12,7 @@
 use crate::backend::{BackendError, BlockBackend, Op};
 use crate::model::backward::LinearId;
 use crate::model::forward::RopeTable;
-use crate::model::{LayerWeights, Matrix, ModelConfig};
+use crate::model::{LayerWeights, ModelConfig};
 
 /// A block's parameters in backend buffers.
 pub struct DeviceWeights<B: BlockBackend> {
@@ -43,20 +43,20 @@ impl<B: BlockBackend> DeviceWeights<B> {
             bias: [up(&l.bq)?, up(&l.bk)?, up(&l.bv)?],
         })
     }
+}
 
-    /// Bytes [`DeviceWeights::upload`] puts on the device for `l` (f32).
-    pub fn bytes(l: &LayerWeights) -> usize {
-        let vec = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, Vec::len);
-        let linears: usize = LinearId::ALL.iter().map(|id| id.weight(l).data.len()).sum();
-        4 * (linears
-            + l.attn_norm.len()
-            + l.ffn_norm.len()
-            + vec(&l.q_norm)
-            + vec(&l.k_norm)
-            + vec(&l.bq)
-            + vec(&l.bk)
-            + vec(&l.bv))
-    }
+/// Bytes [`DeviceWeights::upload`] puts on the device for block `l` (f32).
+pub fn block_bytes(l: &LayerWeights) -> usize {
+    let vec = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, Vec::len);
+    let linears: usize = LinearId::ALL.iter().map(|id| id.weight(l).data.len()).sum();
+    4 * (linears
+        + l.attn_norm.len()
+        + l.ffn_norm.len()
+        + vec(&l.q_norm)
+        + vec(&l.k_norm)
+        + vec(&l.bq)
+        + vec(&l.bk)
+        + vec(&l.bv))
 }
 
 /// A block's forward and backward on backend `B`.
@@ -194,12 +194,6 @@ impl<'b, B: BlockBackend> DeviceBlock<'b, B> {
     /// device.
     pub fn set_weight(&mut self, id: LinearId, w: &B::Buf) -> Result<(), BackendError> {
         self.be.copy(&mut self.p.w[id as usize], w)
-    }
-
-    /// Uploads `w` as the weight of `id`.
-    pub fn upload_weight(&mut self, id: LinearId, w: &Matrix) -> Result<(), BackendError> {
-        self.p.w[id as usize] = self.be.upload(&w.data)?;
-        Ok(())
     }
 
     /// The weight of `id` on the device.
@@ -483,11 +477,6 @@ impl<'b, 'w, B: BlockBackend> DeviceBlocks<'b, 'w, B> {
             blk: None,
             resident,
         })
-    }
-
-    /// Whether every block's parameters stay on the device.
-    pub fn resident(&self) -> bool {
-        self.resident.is_some()
     }
 
     /// Runs `f` on block `b` set up for windows of `t` tokens.

@@ -19,6 +19,25 @@ use crate::model::Matrix;
 use super::factor::FactorError;
 use super::recon::{round_f16, FactorState};
 
+/// `out = diag(s_post)·sign(la)·sign(lb)·diag(s_pre)` (`m × n`) for
+/// latents `la` (`m × r`) and `lb` (`r × n`), with `u` and `v` (their
+/// shapes) as scratch: the host's `FactorState::dense` operation for
+/// operation.
+pub(crate) fn signed_product<B: Backend>(
+    be: &B,
+    (la, lb): (&B::Buf, &B::Buf),
+    (s_pre, s_post): (&B::Buf, &B::Buf),
+    (u, v): (&mut B::Buf, &mut B::Buf),
+    out: &mut B::Buf,
+    (m, n, r): (usize, usize, usize),
+) -> Result<(), BackendError> {
+    be.signs(la, u)?;
+    be.scale_rows(u, s_post)?;
+    be.signs(lb, v)?;
+    be.scale_columns(v, s_pre)?;
+    be.matmul(out, u, v, Op::Nn, (m, n, r))
+}
+
 /// The training state of one factorized layer on backend `B`.
 pub struct DeviceFactor<B: Backend> {
     m: usize,
@@ -137,12 +156,14 @@ impl<B: Backend> DeviceFactor<B> {
     /// `Ŵ = diag(s_post)·sign(L_a)·sign(L_b)·diag(s_pre)`, the weight the
     /// forward pass trains with, on the device (valid until the next call).
     pub fn dense_device(&mut self, be: &B) -> Result<&B::Buf, BackendError> {
-        let (m, n, r) = (self.m, self.n, self.r);
-        be.signs(&self.la, &mut self.u)?;
-        be.scale_rows(&mut self.u, &self.s_post)?;
-        be.signs(&self.lb, &mut self.v)?;
-        be.scale_columns(&mut self.v, &self.s_pre)?;
-        be.matmul(&mut self.p, &self.u, &self.v, Op::Nn, (m, n, r))?;
+        signed_product(
+            be,
+            (&self.la, &self.lb),
+            (&self.s_pre, &self.s_post),
+            (&mut self.u, &mut self.v),
+            &mut self.p,
+            (self.m, self.n, self.r),
+        )?;
         Ok(&self.p)
     }
 

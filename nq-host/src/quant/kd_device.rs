@@ -15,9 +15,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::device_block::DeviceWeights;
+use super::factor_train::signed_product;
 use super::kd::{export_scales, student_of, teacher, KdOptions, KdReport};
-use super::model_device::{resident_budget, DeviceModel, DeviceRunError};
+use super::model_device::{fits, resident_budget, DeviceModel, DeviceRunError};
 use super::pipeline::QuantizedLinears;
 use super::recon::{cosine, FactorState};
 use crate::backend::{Backend, BackendError, Compute, ModelBackend, Op};
@@ -110,12 +110,14 @@ impl<B: Backend> Scales<B> {
 
     /// `w = diag(s_post)·U·V·diag(s_pre)`.
     fn dense_into(&self, be: &B, scr: &mut Scratch<B>, w: &mut B::Buf) -> Result<(), BackendError> {
-        let (m, n, r) = self.dims;
-        be.copy(&mut scr.a, &self.u)?;
-        be.scale_rows(&mut scr.a, &self.s_post)?;
-        be.copy(&mut scr.b, &self.v)?;
-        be.scale_columns(&mut scr.b, &self.s_pre)?;
-        be.matmul(w, &scr.a, &scr.b, Op::Nn, (m, n, r))
+        signed_product(
+            be,
+            (&self.u, &self.v),
+            (&self.s_pre, &self.s_post),
+            (&mut scr.a, &mut scr.b),
+            w,
+            self.dims,
+        )
     }
 }
 
@@ -135,12 +137,7 @@ pub fn model_reconstruct_on<B: ModelBackend>(
     let vocab = w.config.vocab_size as usize;
     let k = opts.top_k.clamp(1, vocab);
     // The student has the FP model's shapes: refuse before any device work.
-    if w.layers
-        .iter()
-        .map(DeviceWeights::<B>::bytes)
-        .sum::<usize>()
-        > resident_bytes
-    {
+    if !fits(w, resident_bytes) {
         return Err(BackendError::Device(
             "model reconstruction needs the whole student on the device".into(),
         )
@@ -161,7 +158,6 @@ pub fn model_reconstruct_on<B: ModelBackend>(
     };
     let (student, mut factors) = student_of(w, q);
     let mut model = DeviceModel::new(be, &student, resident_bytes)?;
-    debug_assert!(model.resident(), "checked above");
     let mut scales = Vec::new();
     let mut scratch: HashMap<(usize, usize, usize), Scratch<B>> = HashMap::new();
     for (b, row) in factors.iter().enumerate() {

@@ -5,7 +5,7 @@
 //! (activation checkpointing, as the host statistics pass) and hands each
 //! block, with its tape and gradients, to the caller.
 
-use super::device_block::{DeviceBlock, DeviceBlocks, DeviceWeights};
+use super::device_block::{block_bytes, DeviceBlock, DeviceBlocks};
 use crate::backend::{BackendError, ModelBackend, Op};
 use crate::model::forward::embed;
 use crate::model::{ModelError, ModelWeights};
@@ -21,6 +21,11 @@ pub const RESIDENT_WEIGHT_BYTES: usize = 16 << 30;
 /// and (in KD) the factors, scales and moments.
 pub fn resident_budget(gpu: &crate::backend::CudaBackend) -> usize {
     RESIDENT_WEIGHT_BYTES.min(gpu.gpu().info().total_mem / 5 * 2)
+}
+
+/// Whether the blocks' parameters of `w` take at most `bytes` on a device.
+pub fn fits(w: &ModelWeights, bytes: usize) -> bool {
+    w.layers.iter().map(block_bytes).sum::<usize>() <= bytes
 }
 
 /// A device pass failed: bad input (the same on every device) or the
@@ -66,20 +71,14 @@ impl<'b, 'w, B: ModelBackend> DeviceModel<'b, 'w, B> {
         w: &'w ModelWeights,
         resident_bytes: usize,
     ) -> Result<Self, BackendError> {
-        let bytes: usize = w.layers.iter().map(DeviceWeights::<B>::bytes).sum();
         Ok(Self {
             be,
             w,
-            blocks: DeviceBlocks::new(be, &w.layers, &w.config, bytes <= resident_bytes)?,
+            blocks: DeviceBlocks::new(be, &w.layers, &w.config, fits(w, resident_bytes))?,
             out_norm: be.upload(&w.output_norm)?,
             head: be.upload(&w.lm_head().data)?,
             win: None,
         })
-    }
-
-    /// Whether every block's parameters stay on the device.
-    pub fn resident(&self) -> bool {
-        self.blocks.resident()
     }
 
     /// The forward pass of `tokens`: returns the logits (`t × vocab`) and
