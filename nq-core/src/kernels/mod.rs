@@ -280,10 +280,13 @@ pub(crate) fn int_product(
     if uses_tables(kernel, batch) {
         lut_product(kernel, signs, tables, batch, acc);
     } else {
-        let work: &mut [i8] = bytemuck::cast_slice_mut(tables);
-        let work = &mut work[..batch * cols_p];
+        // Interleaved activations first (`batch · cols_p` bytes, an even
+        // number), then the tables of the tokens a mixed tile looks up.
+        let (work, lut) = tables.split_at_mut(batch * cols_p / 2);
+        let work: &mut [i8] = bytemuck::cast_slice_mut(work);
         interleave_tokens(q, batch, cols_p, dot_chunk_max(kernel), work);
-        dot_product(kernel, signs, work, qsum, batch, acc);
+        let lut = mixed_tables(kernel, q, batch, cols_p, lut);
+        dot_product(kernel, signs, work, qsum, lut, batch, acc);
     }
 }
 
@@ -314,8 +317,48 @@ fn lut_product(
     }
 }
 
+/// Tokens of each full chunk that `kernel`'s dot-product path multiplies
+/// through lookup tables instead (the last ones of the chunk).
+fn mixed_lut_tokens(kernel: Kernel) -> usize {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => x86_64::avx512::MIXED_LUT,
+        _ => 0,
+    }
+}
+
+/// Builds, for every full chunk of the dot-product path, the tables of the
+/// tokens it looks up ([`mixed_lut_tokens`]), chunk after chunk, into
+/// `space`; returns them.
+///
+/// The scratch fits: [`int_product`] gets room for every token's tables
+/// (`4·cols_p` i16 each); interleaving takes `cols_p / 2` per token and a
+/// chunk looks up fewer than `7/8` of its tokens.
+fn mixed_tables<'a>(
+    kernel: Kernel,
+    q: &[i8],
+    batch: usize,
+    cols_p: usize,
+    space: &'a mut [i16],
+) -> &'a [i16] {
+    let per_chunk = mixed_lut_tokens(kernel);
+    let chunk = dot_chunk_max(kernel);
+    let tlen = quant::table_len(cols_p);
+    let mut used = 0;
+    if per_chunk > 0 {
+        for c in 0..batch / chunk {
+            for t in (c + 1) * chunk - per_chunk..(c + 1) * chunk {
+                build_tables_for(kernel, &q[t * cols_p..(t + 1) * cols_p], &mut space[used..]);
+                used += tlen;
+            }
+        }
+    }
+    &space[..used]
+}
+
 /// The dot-product kernels, on chunk-interleaved activations (lengths
-/// checked by [`int_product`]). Unreachable on targets without one.
+/// checked by [`int_product`]), with the tables of [`mixed_tables`].
+/// Unreachable on targets without one.
 #[cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(unused_variables)
@@ -325,6 +368,7 @@ fn dot_product(
     signs: &SignOperand<'_>,
     q: &[i8],
     qsum: &[i32],
+    lut: &[i16],
     batch: usize,
     acc: &mut [i32],
 ) {
@@ -332,11 +376,14 @@ fn dot_product(
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => {
             // SAFETY: `int_product` asserted availability and the lengths;
-            // `q` is interleaved with this kernel's chunk size.
-            unsafe { x86_64::avx512::dot_product(signs, q, qsum, batch, acc) }
+            // `q` is interleaved with this kernel's chunk size and `lut`
+            // holds the mixed chunks' tables.
+            unsafe { x86_64::avx512::dot_product(signs, q, qsum, lut, batch, acc) }
         }
         #[cfg(target_arch = "aarch64")]
         Kernel::NeonDotprod => {
+            // No mixed tiles here: `lut` is empty.
+            let _ = lut;
             // SAFETY: `int_product` asserted availability and the lengths;
             // `q` is interleaved with this kernel's chunk size.
             unsafe { aarch64::dotprod::dot_product(signs, q, qsum, batch, acc) }

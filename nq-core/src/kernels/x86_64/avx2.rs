@@ -18,7 +18,7 @@ use crate::kernels::SignOperand;
 use crate::sign::TILE_ROWS;
 
 /// Loads between int16 → int32 widenings: `32 · 2 · 508 = 32512 ≤ i16::MAX`.
-const FLUSH: usize = 32;
+pub(super) const FLUSH: usize = 32;
 
 /// Whether this CPU runs AVX2.
 pub(crate) fn is_available() -> bool {
@@ -85,30 +85,13 @@ unsafe fn tile_lut(signs: *const u8, tab: *const u8, col_bytes: usize, out: &mut
             _mm_prefetch::<_MM_HINT_T0>(signs.wrapping_add(kk * 32 + 2048).cast());
             // SAFETY: kk < col_bytes / 2, so the 32 bytes at 32·kk and the
             // 128 bytes at 128·kk are inside the ranges the caller vouched for.
-            let (x, t_ll, t_lh, t_hl, t_hh) = unsafe {
-                let tb = tab.add(kk * 128);
+            let (x, t) = unsafe {
                 (
                     _mm256_loadu_si256(signs.add(kk * 32).cast()),
-                    _mm256_loadu_si256(tb.cast()),
-                    _mm256_loadu_si256(tb.add(32).cast()),
-                    _mm256_loadu_si256(tb.add(64).cast()),
-                    _mm256_loadu_si256(tb.add(96).cast()),
+                    load_quad(tab, kk),
                 )
             };
-            let lo = _mm256_and_si256(x, mask);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask);
-            let l_lo = _mm256_shuffle_epi8(t_ll, lo);
-            let l_hi = _mm256_shuffle_epi8(t_lh, lo);
-            let h_lo = _mm256_shuffle_epi8(t_hl, hi);
-            let h_hi = _mm256_shuffle_epi8(t_hh, hi);
-            let s0 = _mm256_add_epi16(
-                _mm256_unpacklo_epi8(l_lo, l_hi),
-                _mm256_unpacklo_epi8(h_lo, h_hi),
-            );
-            let s1 = _mm256_add_epi16(
-                _mm256_unpackhi_epi8(l_lo, l_hi),
-                _mm256_unpackhi_epi8(h_lo, h_hi),
-            );
+            let (s0, s1) = lookup_pair(x, t, mask);
             a0 = _mm256_add_epi16(a0, s0);
             a1 = _mm256_add_epi16(a1, s1);
         }
@@ -123,9 +106,59 @@ unsafe fn tile_lut(signs: *const u8, tab: *const u8, col_bytes: usize, out: &mut
     }
 }
 
+/// The four 32-byte tables of one 32-byte sign load (column bytes `2k`,
+/// `2k+1`): low bytes, then high bytes, of the low-nibble groups; the same
+/// of the high-nibble groups.
+#[derive(Clone, Copy)]
+pub(super) struct TableQuad([__m256i; 4]);
+
+/// Loads the four tables of sign load `k` from one token's split-byte
+/// tables.
+///
+/// # Safety
+/// AVX2; `tab` readable for `128 · (k + 1)` bytes.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn load_quad(tab: *const u8, k: usize) -> TableQuad {
+    // SAFETY: the caller vouched for the 128 bytes at 128·k.
+    unsafe {
+        let tb = tab.add(k * 128);
+        TableQuad([
+            _mm256_loadu_si256(tb.cast()),
+            _mm256_loadu_si256(tb.add(32).cast()),
+            _mm256_loadu_si256(tb.add(64).cast()),
+            _mm256_loadu_si256(tb.add(96).cast()),
+        ])
+    }
+}
+
+/// The int16 partial sums of one 32-byte sign load `x` (16 rows × column
+/// bytes `2k`, `2k+1`) against one token's tables: rows 0–7 and rows 8–15,
+/// each still split by 128-bit lane (see [`widen_lanes`]).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn lookup_pair(x: __m256i, t: TableQuad, mask: __m256i) -> (__m256i, __m256i) {
+    let [t_ll, t_lh, t_hl, t_hh] = t.0;
+    let lo = _mm256_and_si256(x, mask);
+    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask);
+    let l_lo = _mm256_shuffle_epi8(t_ll, lo);
+    let l_hi = _mm256_shuffle_epi8(t_lh, lo);
+    let h_lo = _mm256_shuffle_epi8(t_hl, hi);
+    let h_hi = _mm256_shuffle_epi8(t_hh, hi);
+    let s0 = _mm256_add_epi16(
+        _mm256_unpacklo_epi8(l_lo, l_hi),
+        _mm256_unpacklo_epi8(h_lo, h_hi),
+    );
+    let s1 = _mm256_add_epi16(
+        _mm256_unpackhi_epi8(l_lo, l_hi),
+        _mm256_unpackhi_epi8(h_lo, h_hi),
+    );
+    (s0, s1)
+}
+
 /// Sum of the two 128-bit lanes' eight int16, as eight int32.
 #[target_feature(enable = "avx2")]
-fn widen_lanes(a: __m256i) -> __m256i {
+pub(super) fn widen_lanes(a: __m256i) -> __m256i {
     let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a));
     let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(a));
     _mm256_add_epi32(lo, hi)
