@@ -31,6 +31,9 @@
 //!   expanded once per tile to 0/1 bytes `β` (`s = 1 − 2β`) and multiplied
 //!   with the int8 activations of every token in the batch by `vpdpbusd`
 //!   (AVX-512 VNNI) or `SDOT` (Armv8.2 dotprod): `A = Σq − 2·(β · q)`.
+//!   On AVX-512, a full chunk of 16 tokens sends 4 of them through the
+//!   lookup tables instead, in the same loop: the lookups use shuffle ports
+//!   the dot products leave idle (`x86_64/avx512.rs`).
 //!
 //! Nothing here allocates: the caller passes a `&mut [f32]` scratch buffer of
 //! at least [`FactorizedLinear::forward_scratch_len`] /
