@@ -107,20 +107,8 @@ enum BenchCommand {
         /// ADMM iterations per factorization.
         #[arg(long, default_value_t = 10)]
         iters: usize,
-        /// Device: auto (GPU and CPU when a GPU is usable, else CPU), cpu
-        /// or cuda (GPU only).
-        #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
-        device: nq_host::backend::DeviceChoice,
-        /// Arithmetic of the GPU's products: f32, or tensor cores with tf32
-        /// (~1e-3 relative product error) or bf16 (~4e-3). Ignored on the CPU.
-        #[arg(long, value_enum, default_value_t = nq_host::backend::GpuMath::F32)]
-        gpu_math: nq_host::backend::GpuMath,
-        /// Worker threads of the CPU runs (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        run: DeviceBenchArgs,
     },
     /// The calibration-statistics pass (forward, loss, checkpointed
     /// backward, clipped energies) of a model with SmolLM2-135M's shapes
@@ -136,21 +124,47 @@ enum BenchCommand {
         /// Tokens per window.
         #[arg(long, default_value_t = 256)]
         ctx: usize,
-        /// Device: auto (GPU and CPU when a GPU is usable, else CPU), cpu
-        /// or cuda (GPU only).
-        #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
-        device: nq_host::backend::DeviceChoice,
-        /// Arithmetic of the GPU's products: f32, or tensor cores with tf32
-        /// (~1e-3 relative product error) or bf16 (~4e-3). Ignored on the CPU.
-        #[arg(long, value_enum, default_value_t = nq_host::backend::GpuMath::F32)]
-        gpu_math: nq_host::backend::GpuMath,
-        /// Worker threads of the CPU runs (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        run: DeviceBenchArgs,
     },
+}
+
+/// Where a per-device benchmark runs and how it reports.
+#[derive(clap::Args)]
+struct DeviceBenchArgs {
+    /// Device: auto (GPU and CPU when a GPU is usable, else CPU), cpu
+    /// or cuda (GPU only).
+    #[arg(long, value_enum, default_value_t = nq_host::backend::DeviceChoice::Auto)]
+    device: nq_host::backend::DeviceChoice,
+    /// Arithmetic of the GPU's products: f32, or tensor cores with tf32
+    /// (~1e-3 relative product error) or bf16 (~4e-3). Ignored on the CPU.
+    #[arg(long, value_enum, default_value_t = nq_host::backend::GpuMath::F32)]
+    gpu_math: nq_host::backend::GpuMath,
+    /// Worker threads of the CPU runs (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl DeviceBenchArgs {
+    /// Sets the thread count and picks the devices to time: the chosen one,
+    /// and the CPU next to a GPU unless only the GPU was asked for.
+    fn devices(&self) -> anyhow::Result<Vec<nq_host::backend::Compute>> {
+        use nq_host::backend::{select_with, Compute, DeviceChoice};
+        cli::set_threads(self.threads)?;
+        let (compute, notice) = select_with(self.device, self.gpu_math)
+            .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+        if let Some(n) = notice {
+            eprintln!("note: {n}");
+        }
+        let mut devices = vec![compute.clone()];
+        if compute.is_gpu() && self.device == DeviceChoice::Auto {
+            devices.push(Compute::Cpu);
+        }
+        Ok(devices)
+    }
 }
 
 #[derive(clap::Args)]
@@ -237,26 +251,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             shapes,
             bpw,
             iters,
-            device,
-            gpu_math,
-            threads,
-            json,
-        }) => {
-            cli::set_threads(threads)?;
-            bench_admm(&shapes, bpw, iters, (device, gpu_math), json)
-        }
+            run,
+        }) => bench_admm(&shapes, bpw, iters, &run),
         Command::Bench(BenchCommand::Stats {
             layers,
             windows,
             ctx,
-            device,
-            gpu_math,
-            threads,
-            json,
-        }) => {
-            cli::set_threads(threads)?;
-            bench_stats((layers, windows, ctx), (device, gpu_math), json)
-        }
+            run,
+        }) => bench_stats((layers, windows, ctx), &run),
         Command::Bench(BenchCommand::Fp32 {
             model,
             text,
@@ -346,23 +348,14 @@ fn use_device(
 
 fn bench_stats(
     (layers, windows, ctx): (u32, usize, usize),
-    (device, math): (nq_host::backend::DeviceChoice, nq_host::backend::GpuMath),
-    json: bool,
+    run: &DeviceBenchArgs,
 ) -> anyhow::Result<()> {
-    use nq_host::backend::{select_with, Compute, DeviceChoice};
     use rand::{Rng, SeedableRng};
     if layers == 0 || windows == 0 || ctx < 2 {
         bail!("--layers and --windows must be at least 1, --ctx at least 2");
     }
-    let (compute, notice) =
-        select_with(device, math).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
-    if let Some(n) = notice {
-        eprintln!("note: {n}");
-    }
-    let mut devices = vec![compute.clone()];
-    if compute.is_gpu() && device == DeviceChoice::Auto {
-        devices.push(Compute::Cpu);
-    }
+    let devices = run.devices()?;
+    let json = run.json;
     let config = nq_host::bench::smollm2_shapes(layers);
     let vocab = config.vocab_size;
     let w = nq_host::model::synthetic::random_model(config, 1);
@@ -399,10 +392,8 @@ fn bench_admm(
     shapes: &[String],
     bpw: f64,
     iters: usize,
-    (device, math): (nq_host::backend::DeviceChoice, nq_host::backend::GpuMath),
-    json: bool,
+    run: &DeviceBenchArgs,
 ) -> anyhow::Result<()> {
-    use nq_host::backend::{select_with, Compute, DeviceChoice};
     if iters == 0 {
         bail!("--iters must be at least 1");
     }
@@ -427,16 +418,8 @@ fn bench_admm(
         .iter()
         .map(|s| parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (compute, notice) =
-        select_with(device, math).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
-    if let Some(n) = notice {
-        eprintln!("note: {n}");
-    }
-    // A GPU run is compared with the CPU unless only the GPU was asked for.
-    let mut devices = vec![compute.clone()];
-    if compute.is_gpu() && device == DeviceChoice::Auto {
-        devices.push(Compute::Cpu);
-    }
+    let devices = run.devices()?;
+    let json = run.json;
     let mut rows = Vec::new();
     for &(m, n) in &shapes {
         for c in &devices {

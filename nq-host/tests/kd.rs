@@ -6,10 +6,9 @@
 use nq_host::backend::{CpuBackend, ModelBackend};
 use nq_host::model::synthetic::{random_model, tiny_config};
 use nq_host::model::Arch;
-use nq_host::quant::factor::{AdmmOptions, Method};
 use nq_host::quant::kd::{model_reconstruct, KdOptions};
 use nq_host::quant::kd_device::model_reconstruct_on;
-use nq_host::quant::pipeline::{quantize_linears, QuantizeOptions};
+use nq_host::quant::pipeline::quantize_linears;
 use nq_host::quant::stats::{collect, StatsOptions};
 use nq_host::TensorPayload;
 use rand::{Rng, SeedableRng};
@@ -26,19 +25,6 @@ fn windows() -> Vec<Vec<u32>> {
             (0..len).map(|_| rng.gen_range(0..32)).collect()
         })
         .collect()
-}
-
-fn qopts() -> QuantizeOptions {
-    QuantizeOptions {
-        method: Method::NanoQuant,
-        bpw: 1.0,
-        rank_multiple: 2,
-        admm: AdmmOptions {
-            iters: 20,
-            ..AdmmOptions::default()
-        },
-        compute: nq_host::backend::Compute::Cpu,
-    }
 }
 
 /// Every factorized payload's `(s_pre, s_post)` as f32.
@@ -62,15 +48,18 @@ fn device_kd_matches_host<B: ModelBackend>(be: &B, tol: f32) {
         let w = random_model(tiny_config(arch), 9);
         let wins = windows();
         let stats = collect(&w, &wins, &StatsOptions::default(), |_, _| {}).unwrap();
-        let start = quantize_linears(&w, Some(&stats), &qopts(), |_| {}).unwrap();
+        let start =
+            quantize_linears(&w, Some(&stats), &common::nanoquant_opts(20), |_| {}).unwrap();
         let opts = KdOptions {
             epochs: 2,
             lr: 1e-2,
             top_k: 8,
         };
-        let mut host = quantize_linears(&w, Some(&stats), &qopts(), |_| {}).unwrap();
+        let mut host =
+            quantize_linears(&w, Some(&stats), &common::nanoquant_opts(20), |_| {}).unwrap();
         let hr = model_reconstruct(&w, &mut host, &wins, &opts, |_, _| {}).unwrap();
-        let mut dev = quantize_linears(&w, Some(&stats), &qopts(), |_| {}).unwrap();
+        let mut dev =
+            quantize_linears(&w, Some(&stats), &common::nanoquant_opts(20), |_| {}).unwrap();
         let mut calls = 0;
         let dr = model_reconstruct_on(be, &w, &mut dev, &wins, &opts, usize::MAX, |s, total| {
             calls += 1;
@@ -152,7 +141,7 @@ fn cuda_kd_matches_the_host() {
 fn device_kd_needs_the_student_on_the_device() {
     let w = random_model(tiny_config(Arch::Llama), 9);
     let wins = windows();
-    let mut q = quantize_linears(&w, None, &qopts(), |_| {}).unwrap();
+    let mut q = quantize_linears(&w, None, &common::nanoquant_opts(20), |_| {}).unwrap();
     let before = scales(&q.payloads);
     let e = model_reconstruct_on(
         &CpuBackend::default(),

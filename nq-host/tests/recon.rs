@@ -4,7 +4,6 @@
 use nq_host::model::forward::{block_forward, embed, RopeTable};
 use nq_host::model::synthetic::{random_model, tiny_config};
 use nq_host::model::{Arch, Matrix};
-use nq_host::quant::factor::{AdmmOptions, Method};
 use nq_host::quant::pipeline::QuantizeOptions;
 use nq_host::quant::recon::{reconstruct, reconstruct_block, FactorState, ReconOptions};
 use nq_host::quant::stats::{collect, StatsOptions};
@@ -128,19 +127,6 @@ fn windows() -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn qopts() -> QuantizeOptions {
-    QuantizeOptions {
-        method: Method::NanoQuant,
-        bpw: 1.0,
-        rank_multiple: 2,
-        admm: AdmmOptions {
-            iters: 30,
-            ..AdmmOptions::default()
-        },
-        compute: nq_host::backend::Compute::Cpu,
-    }
-}
-
 #[test]
 fn training_lowers_the_block_output_error() {
     let (w, stats, xs, ys, t) = block_zero(Arch::Llama, 4);
@@ -154,7 +140,7 @@ fn training_lowers_the_block_output_error() {
             &xs,
             &ys,
             t,
-            &qopts(),
+            &common::nanoquant_opts(30),
             &r,
             &|_| {},
         )
@@ -243,12 +229,22 @@ fn device_reconstruction_matches_cpu<B: nq_host::backend::BlockBackend>(
         };
         let q = QuantizeOptions {
             compute: compute.clone(),
-            ..qopts()
+            ..common::nanoquant_opts(30)
         };
         let mut host = w.layers[0].clone();
-        let (hp, hr, hb) =
-            reconstruct_block(0, &w, &mut host, &stats, &xs, &ys, t, &qopts(), &r, &|_| {})
-                .unwrap();
+        let (hp, hr, hb) = reconstruct_block(
+            0,
+            &w,
+            &mut host,
+            &stats,
+            &xs,
+            &ys,
+            t,
+            &common::nanoquant_opts(30),
+            &r,
+            &|_| {},
+        )
+        .unwrap();
         let mut dev = w.layers[0].clone();
         let (dp, dr, db) = reconstruct_block_on(
             be,
@@ -324,9 +320,19 @@ fn device_reconstruction_on_the_cpu_backend_is_the_host_path() {
         };
         let run_host = |r: &ReconOptions| {
             let mut host = w.layers[0].clone();
-            let out =
-                reconstruct_block(0, &w, &mut host, &stats, &xs, &ys, t, &qopts(), r, &|_| {})
-                    .unwrap();
+            let out = reconstruct_block(
+                0,
+                &w,
+                &mut host,
+                &stats,
+                &xs,
+                &ys,
+                t,
+                &common::nanoquant_opts(30),
+                r,
+                &|_| {},
+            )
+            .unwrap();
             (out, host)
         };
         let ((hp, hr, hb), host) = run_host(&r);
@@ -335,7 +341,7 @@ fn device_reconstruction_on_the_cpu_backend_is_the_host_path() {
             &be,
             (0, &w, &mut dev, &stats),
             (&xs, &ys, t),
-            &qopts(),
+            &common::nanoquant_opts(30),
             &r,
             &|_| {},
         )
@@ -389,7 +395,19 @@ fn reconstruction_is_deterministic_and_quantizes_every_linear() {
     let wins = windows();
     let stats = collect(&w, &wins, &StatsOptions::default(), |_, _| {}).unwrap();
     let r = ReconOptions::default();
-    let run = || reconstruct(&w, &stats, &wins, &qopts(), &r, &|_| {}, None, |_| {}).unwrap();
+    let run = || {
+        reconstruct(
+            &w,
+            &stats,
+            &wins,
+            &common::nanoquant_opts(30),
+            &r,
+            &|_| {},
+            None,
+            |_| {},
+        )
+        .unwrap()
+    };
     let (a, blocks) = run();
     let (b, _) = run();
     assert_eq!(blocks.len(), w.layers.len());
@@ -414,7 +432,7 @@ fn model_reconstruction_lowers_the_distillation_loss_and_keeps_signs() {
     let w = random_model(tiny_config(Arch::Llama), 8);
     let wins = windows();
     let stats = collect(&w, &wins, &StatsOptions::default(), |_, _| {}).unwrap();
-    let mut q = quantize_linears(&w, Some(&stats), &qopts(), |_| {}).unwrap();
+    let mut q = quantize_linears(&w, Some(&stats), &common::nanoquant_opts(30), |_| {}).unwrap();
     let before = q.payloads.clone();
     let opts = KdOptions {
         epochs: 6,

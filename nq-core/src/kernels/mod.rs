@@ -256,7 +256,8 @@ pub fn selected() -> Kernel {
 /// `q` holds each token's activations (`cols_p` bytes, token after token).
 /// `tables` holds each token's lookup tables in the layout `kernel` wants
 /// (built by [`build_tables_for`]) when [`uses_tables`] says so; otherwise
-/// it is work space (the dot-product kernels interleave `q` into it).
+/// it is work space (the dot-product kernels interleave `q` into it, and
+/// build there the tables of the tokens a mixed tile looks up).
 ///
 /// # Panics
 /// If `kernel` is unavailable or a buffer is too short.
@@ -348,12 +349,10 @@ fn mixed_tables<'a>(
     let chunk = dot_chunk_max(kernel);
     let tlen = quant::table_len(cols_p);
     let mut used = 0;
-    if per_chunk > 0 {
-        for c in 0..batch / chunk {
-            for t in (c + 1) * chunk - per_chunk..(c + 1) * chunk {
-                build_tables_for(kernel, &q[t * cols_p..(t + 1) * cols_p], &mut space[used..]);
-                used += tlen;
-            }
+    for c in 0..batch / chunk {
+        for t in (c + 1) * chunk - per_chunk..(c + 1) * chunk {
+            build_tables_for(kernel, &q[t * cols_p..(t + 1) * cols_p], &mut space[used..]);
+            used += tlen;
         }
     }
     &space[..used]
@@ -428,7 +427,8 @@ pub(crate) fn build_tables_for(kernel: Kernel, q: &[i8], out: &mut [i16]) {
 /// batch greedily into chunks of `max, max/2, …, 1` tokens ([`dot_chunk`]).
 fn dot_chunk_max(kernel: Kernel) -> usize {
     match kernel {
-        Kernel::Avx512 => 16,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => x86_64::avx512::CHUNK,
         Kernel::NeonDotprod => 4,
         _ => 1,
     }

@@ -222,10 +222,7 @@ pub fn model_reconstruct_with(
         let r = model_reconstruct_on(&**g, w, q, windows, opts, resident_budget(g), &mut progress);
         match r {
             Ok(r) => return Ok(r),
-            Err(DeviceRunError::Model(e)) => return Err(e),
-            Err(DeviceRunError::Backend(e)) => eprintln!(
-                "warning: model reconstruction on the GPU failed ({e}); running it on the CPU"
-            ),
+            Err(e) => e.fall_back("model reconstruction")?,
         }
     }
     super::kd::model_reconstruct(w, q, windows, opts, progress)

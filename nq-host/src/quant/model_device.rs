@@ -40,6 +40,21 @@ pub enum DeviceRunError {
     Backend(#[from] BackendError),
 }
 
+impl DeviceRunError {
+    /// For a device pass that the host can redo: a model error stands (the
+    /// host would fail the same way); a backend failure is reported on
+    /// stderr, naming `what`, and leaves the pass to the host (`Ok`).
+    pub(crate) fn fall_back(self, what: &str) -> Result<(), ModelError> {
+        match self {
+            DeviceRunError::Model(e) => Err(e),
+            DeviceRunError::Backend(e) => {
+                eprintln!("warning: {what} on the GPU failed ({e}); running it on the CPU");
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Buffers of one window length.
 struct Window<B: ModelBackend> {
     t: usize,

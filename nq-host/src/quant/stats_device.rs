@@ -70,10 +70,7 @@ pub fn collect_with(
     if let Compute::Cuda(g) = compute {
         match collect_on(&**g, w, windows, opts, resident_budget(g), &mut progress) {
             Ok(s) => return Ok(s),
-            Err(DeviceRunError::Model(e)) => return Err(e),
-            Err(DeviceRunError::Backend(e)) => {
-                eprintln!("warning: statistics on the GPU failed ({e}); computing them on the CPU")
-            }
+            Err(e) => e.fall_back("the statistics pass")?,
         }
     }
     super::stats::collect(w, windows, opts, progress)

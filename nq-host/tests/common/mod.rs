@@ -13,6 +13,23 @@ pub fn cuda_backend() -> Option<nq_host::backend::CudaBackend> {
         .then(|| nq_host::backend::CudaBackend::open(0).expect("a GPU the probe reports must open"))
 }
 
+/// NanoQuant at 1.0 bpw with `iters` ADMM iterations, ranks rounded to 2
+/// (tiny test models), on the CPU.
+#[allow(dead_code)]
+pub fn nanoquant_opts(iters: usize) -> nq_host::quant::pipeline::QuantizeOptions {
+    use nq_host::quant::factor::{AdmmOptions, Method};
+    nq_host::quant::pipeline::QuantizeOptions {
+        method: Method::NanoQuant,
+        bpw: 1.0,
+        rank_multiple: 2,
+        admm: AdmmOptions {
+            iters,
+            ..AdmmOptions::default()
+        },
+        compute: nq_host::backend::Compute::Cpu,
+    }
+}
+
 /// The repository root.
 #[allow(dead_code)]
 pub fn workspace() -> PathBuf {

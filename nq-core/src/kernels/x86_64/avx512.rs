@@ -30,7 +30,7 @@ use crate::kernels::SignOperand;
 use crate::sign::TILE_ROWS;
 
 /// Largest chunk of tokens: 16 int32 accumulators of 16 rows each.
-const CHUNK: usize = 16;
+pub(crate) const CHUNK: usize = 16;
 /// Tokens of a full chunk that [`tile_mixed`] multiplies through lookup
 /// tables.
 pub(crate) const MIXED_LUT: usize = 4;
