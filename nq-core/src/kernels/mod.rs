@@ -400,6 +400,25 @@ pub(crate) fn uses_tables(kernel: Kernel, batch: usize) -> bool {
     !matches!(kernel, Kernel::Avx512 | Kernel::NeonDotprod) || batch == 1
 }
 
+/// Runs `f` inside a function compiled for the vector extension `kernel`
+/// runs on (AVX2 for both x86_64 kernels), so the plain loops `f` inlines —
+/// quantization, scaling, the epilogues — vectorize with it rather than with
+/// the target's baseline (SSE2 on x86_64). They are elementwise IEEE
+/// operations (Rust never contracts them into FMAs) and integer sums, so the
+/// results are bit for bit what the baseline build computes. Elsewhere it
+/// just calls `f`.
+#[inline(always)]
+pub(crate) fn vectorized<R>(kernel: Kernel, f: impl FnOnce() -> R) -> R {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 | Kernel::Avx512 if kernel.is_available() => {
+            // SAFETY: both kernels imply AVX2, available as just checked.
+            unsafe { x86_64::avx2::vectorized(f) }
+        }
+        _ => f(),
+    }
+}
+
 /// Builds one token's tables (`q.len()` padded columns) for `kernel`: the
 /// layout it reads, with its fastest builder. Every builder writes exactly
 /// what [`quant::build_tables`] writes.

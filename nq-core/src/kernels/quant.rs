@@ -27,6 +27,7 @@ pub fn error_bound_factorized(n: usize, r: usize, max_abs_z: f32, max_abs_t: f32
 /// padding columns): `δ = max|z| / 127`, `q = round(z / δ)` with ties to
 /// even. Returns `(δ, Σ q)`; `δ = 0` when every value is zero, NaN when a
 /// value is not finite (the outputs are then NaN too).
+#[inline(always)]
 pub(crate) fn quantize(z: &[f32], q: &mut [i8]) -> (f32, i32) {
     // max |z| on the bit patterns: for non-NaN floats the order of
     // `bits & 0x7fff_ffff` is the order of |z|, and integer max vectorizes.

@@ -2,7 +2,7 @@
 //! rescale. ISA-free; the ISA-specific part is [`super::int_product`].
 
 use super::quant::{quantize, table_len};
-use super::{build_tables_for, int_product, uses_tables, Kernel, SignOperand};
+use super::{build_tables_for, int_product, uses_tables, vectorized, Kernel, SignOperand};
 use crate::sign::{self, TILE_ROWS};
 use crate::SignMatrix;
 
@@ -73,7 +73,7 @@ pub(crate) fn sign_product(
     let tlen = table_len(cols_p);
     for t in 0..batch {
         let qt = &mut q[t * cols_p..(t + 1) * cols_p];
-        let (d, s) = quantize(&z[t * cols..(t + 1) * cols], qt);
+        let (d, s) = vectorized(kernel, || quantize(&z[t * cols..(t + 1) * cols], qt));
         deltas[t] = d;
         qsum[t] = s;
         if with_tables {
@@ -81,11 +81,13 @@ pub(crate) fn sign_product(
         }
     }
     int_product(kernel, &operand, q, qsum, tables, batch, acc);
-    for t in 0..batch {
-        let d = deltas[t];
-        let src = &acc[t * rows_p..t * rows_p + rows];
-        for (o, &a) in out[t * rows..(t + 1) * rows].iter_mut().zip(src) {
-            *o = d * a as f32;
+    vectorized(kernel, || {
+        for t in 0..batch {
+            let d = deltas[t];
+            let src = &acc[t * rows_p..t * rows_p + rows];
+            for (o, &a) in out[t * rows..(t + 1) * rows].iter_mut().zip(src) {
+                *o = d * a as f32;
+            }
         }
-    }
+    });
 }

@@ -75,7 +75,9 @@ fn usable(k: Kernel) -> bool {
     }
 }
 
-const BATCHES: [usize; 8] = [1, 2, 3, 4, 5, 8, 16, 17];
+/// Every batch size from 1 to 17: each chunk split (16, 8, 4, 2, 1 tokens)
+/// and each mixed-tile remainder.
+const BATCHES: core::ops::RangeInclusive<usize> = 1..=17;
 
 /// `(rows, cols)` of sign products: 1–3 rows, sizes off every multiple of
 /// 4/8/32/128, and columns past the int16 flush points (256, 512).
@@ -114,7 +116,7 @@ fn check_integer_core(k: Kernel) {
         let operand = SignOperand::new(s.as_view());
         let cols_p = col_bytes(cols) * 8;
         let rows_p = operand.tiles * 16;
-        for &batch in &BATCHES {
+        for batch in BATCHES {
             let mut q = vec![0i8; batch * cols_p];
             let mut qsum = vec![0i32; batch];
             let tlen = table_len(cols_p);
@@ -314,7 +316,7 @@ fn check_same_as_portable(k: Kernel) {
     for &(m, n, r) in &FACTORIZED_SHAPES {
         let l = random_factorized(&mut rng, m, n, r, true);
         let b = random_binary(&mut rng, m, n, true);
-        for &batch in &BATCHES {
+        for batch in BATCHES {
             let x = rng.values(batch * n, 3.0);
             let mut scratch = vec![0.0f32; l.forward_scratch_len(batch)];
             let mut y = vec![0.0f32; batch * m];
@@ -487,7 +489,7 @@ fn f32_product_within_budget_of_oracle() {
     let mut rng = Rng(11);
     for &(rows, cols) in &PRODUCT_SHAPES {
         let s = rng.signs(rows, cols);
-        for &batch in &BATCHES {
+        for batch in BATCHES {
             // Values of mixed magnitude: cancellation is where order matters.
             let z: Vec<f32> = (0..batch * cols)
                 .map(|j| rng.value(if j % 5 == 0 { 100.0 } else { 0.01 }))
@@ -535,7 +537,7 @@ fn f32_layers_within_budget_of_oracle() {
     let mut rng = Rng(12);
     for &(m, n) in &PRODUCT_SHAPES {
         let l = random_binary(&mut rng, m, n, true);
-        for &batch in &BATCHES {
+        for batch in BATCHES {
             let x = rng.values(batch * n, 3.0);
             let mut y = vec![f32::NAN; batch * m];
             let mut scratch = vec![f32::NAN; l.forward_f32_scratch_len(batch)];
@@ -561,7 +563,7 @@ fn f32_layers_within_budget_of_oracle() {
     }
     for &(m, n, r) in &FACTORIZED_SHAPES {
         let l = random_factorized(&mut rng, m, n, r, true);
-        for &batch in &BATCHES {
+        for batch in BATCHES {
             let x = rng.values(batch * n, 3.0);
             let mut y = vec![f32::NAN; batch * m];
             let mut scratch = vec![f32::NAN; l.forward_f32_scratch_len(batch)];

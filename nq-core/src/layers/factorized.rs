@@ -170,8 +170,11 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
         scratch: &mut [f32],
     ) {
         let need = self.forward_scratch_len(batch);
-        self.run(x, batch, y, scratch, need, |signs, z, out, rest| {
-            sign_product(kernel, signs, z, batch, out, rest)
+        // The scaling loops around the products vectorize with the kernel.
+        kernels::vectorized(kernel, || {
+            self.run(x, batch, y, scratch, need, |signs, z, out, rest| {
+                sign_product(kernel, signs, z, batch, out, rest)
+            })
         });
     }
 

@@ -127,6 +127,7 @@ pub(crate) fn unpack_scales<S: AsRef<[u8]>>(
 }
 
 /// `z = x ⊙ s` for every `n`-wide row of `x`.
+#[inline(always)]
 pub(crate) fn scale_columns(x: &[f32], s: &[f32], z: &mut [f32], n: usize) {
     for (zb, xb) in z.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
         for ((zj, &xj), &sj) in zb.iter_mut().zip(xb).zip(s) {
@@ -136,6 +137,7 @@ pub(crate) fn scale_columns(x: &[f32], s: &[f32], z: &mut [f32], n: usize) {
 }
 
 /// `y = s ⊙ y + bias` for every `m`-wide row of `y`.
+#[inline(always)]
 pub(crate) fn scale_rows_add_bias(y: &mut [f32], s: &[f32], bias: &[f32], m: usize) {
     for yb in y.chunks_exact_mut(m) {
         for ((yi, &si), &b) in yb.iter_mut().zip(s).zip(bias) {

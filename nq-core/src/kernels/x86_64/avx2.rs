@@ -32,6 +32,15 @@ pub(crate) fn is_available() -> bool {
     }
 }
 
+/// Runs `f` compiled with AVX2 enabled (see [`super::super::vectorized`]).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// Table-lookup product, see [`super::super::int_product`].
 ///
 /// # Safety
