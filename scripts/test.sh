@@ -332,10 +332,51 @@ aarch64_cli_matches_host() {
     return "$rc"
 }
 
-# The host benchmark example (examples/bgemm-bench) builds and runs: one
-# short pass over the small shapes, batch 1, every kernel this CPU has.
+# Checks bgemm-bench's JSON on stdin: the dense reference and every kernel
+# named in $1 (comma-separated) timed at batches 1 and 16, positive times,
+# batch-16 rows compared with batch 1, binary rows with the dense one.
+check_bgemm_json() {
+    python3 -c '
+import json, sys
+want = set(sys.argv[1].split(",")) | {"dense-f32"}
+rows = json.load(sys.stdin)
+got = {(r["kernel"], r["batch"]) for r in rows}
+missing = {(k, b) for k in want for b in (1, 16)} - got
+assert not missing, f"missing rows: {sorted(missing)}"
+for r in rows:
+    assert r["us"] > 0 and r["tokens_per_s"] > 0, r
+    assert r["vs_batch1"] is not None, r
+    assert r["kernel"] == "dense-f32" or r["vs_dense"] is not None, r
+print(f"    {len(rows)} rows: " + ", ".join(sorted(want)))
+' "$1"
+}
+
+# The board benchmark example (examples/bgemm-bench): its unit tests, then
+# one short pass over a SmolLM2 shape as JSON with every kernel this CPU has.
 bgemm_bench_smoke() {
-    (cd examples/bgemm-bench && cargo run --release -q -- --small --batch 1 --min-ms 1)
+    local want=portable
+    grep -qw avx2 /proc/cpuinfo && want+=,avx2
+    grep -qw avx512_vnni /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && want+=,avx512
+    (cd examples/bgemm-bench && cargo test --release -q >&2 &&
+        cargo run --release -q -- --shape 576x576 --bpw 1 --batch 1 --batch 16 \
+            --min-ms 1 --format json) | check_bgemm_json "$want"
+}
+
+# The same benchmark cross-built for an aarch64 board, under qemu-aarch64 on
+# both CPU models: NEON everywhere, the dotprod kernel only where the CPU
+# has it. (Emulated timings mean nothing; this checks that it runs.)
+bgemm_bench_aarch64() {
+    local exe=examples/bgemm-bench/target/aarch64-unknown-linux-gnu/release/bgemm-bench
+    (cd examples/bgemm-bench &&
+        CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+            CARGO_PROFILE_RELEASE_DEBUG=0 \
+            cargo build -q --release --target aarch64-unknown-linux-gnu) || return 1
+    local args=(--shape 192x576 --bpw 1 --batch 1 --batch 16 --min-ms 1 --format json)
+    QEMU_CPU=max "${QEMU_AARCH64[@]}" "$exe" "${args[@]}" |
+        check_bgemm_json portable,neon,neon-dotprod || return 1
+    QEMU_CPU=cortex-a72 "${QEMU_AARCH64[@]}" "$exe" "${args[@]}" --kernel portable --kernel neon |
+        check_bgemm_json portable,neon || return 1
+    ! QEMU_CPU=cortex-a72 "${QEMU_AARCH64[@]}" "$exe" --kernel neon-dotprod 2>/dev/null
 }
 
 # nq-cuda's kernel sources must compile to PTX (NVRTC) and SASS (ptxas) on
@@ -414,7 +455,8 @@ step "run: generation firmware under qemu-system-arm, token ids equal the host r
     firmware_generates_in_qemu
 step "clippy: examples/bgemm-bench, -D warnings" \
     bash -c 'cd examples/bgemm-bench && cargo clippy --release -- -D warnings'
-step "run: examples/bgemm-bench --small (smoke)" bgemm_bench_smoke
+step "test+run: examples/bgemm-bench (unit tests; JSON rows for every kernel and dense f32)" \
+    bgemm_bench_smoke
 
 step "aarch64: qemu CPU models (max has dotprod, cortex-a72 lacks it)" check_qemu_cpus
 step "clippy: nq-core for aarch64 --features std, all targets, -D warnings" \
@@ -428,3 +470,5 @@ step "run: runtime on aarch64 under qemu, greedy ids equal the x86 host runtime'
     aarch64_runtime_matches_host
 step "run: nq-host CLI cross-built for aarch64, under qemu on both CPUs, equals the x86 host" \
     aarch64_cli_matches_host
+step "run: examples/bgemm-bench cross-built for aarch64, under qemu on both CPUs" \
+    bgemm_bench_aarch64
