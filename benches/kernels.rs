@@ -13,6 +13,11 @@
 //! times the batch (multiply-accumulates per call).
 //! Results and the machine they came from: `docs/BENCHMARKS.md`.
 
+#[path = "../examples/bgemm-bench/src/dense.rs"]
+mod dense;
+
+use dense::dense;
+
 use std::fmt;
 use std::time::Duration;
 
@@ -126,31 +131,7 @@ fn run_dense(bencher: Bencher, m: usize, n: usize, batch: usize) {
         .counter(BytesCount::new(4 * m * n))
         .counter(ItemsCount::new(m * n * batch))
         .bench_local(|| {
-            // y (batch × m) = x (batch × n) · Wᵀ, W row-major m × n.
-            // SAFETY: the strides describe x, Wᵀ and y inside their buffers.
-            unsafe {
-                gemm::gemm(
-                    batch,
-                    m,
-                    n,
-                    y.as_mut_ptr(),
-                    1,
-                    m as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    n as isize,
-                    w.as_ptr(),
-                    n as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            dense(&w, black_box(&x), &mut y, m, n, batch);
             black_box(&y);
         });
 }

@@ -23,6 +23,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+mod dense;
+
+use dense::dense;
 use nq_core::kernels::{self, Kernel};
 use nq_core::sign::packed_len;
 use nq_core::{F16Vector, FactorizedLinear, SignMatrix};
@@ -261,37 +264,6 @@ struct Row {
 impl Row {
     fn tokens_per_s(&self) -> f64 {
         self.batch as f64 * 1e9 / self.ns
-    }
-}
-
-/// `y (batch × m) = x (batch × n) · Wᵀ` with `W` row-major `m × n`, one thread.
-fn dense(w: &[f32], x: &[f32], y: &mut [f32], m: usize, n: usize, batch: usize) {
-    assert!(w.len() >= m * n && x.len() >= batch * n && y.len() >= batch * m);
-    // SAFETY: the strides describe x (batch × n, row-major), Wᵀ (n × m, read
-    // from W row-major) and y (batch × m, row-major) inside their buffers,
-    // as asserted above.
-    unsafe {
-        gemm::gemm(
-            batch,
-            m,
-            n,
-            y.as_mut_ptr(),
-            1,
-            m as isize,
-            false,
-            x.as_ptr(),
-            1,
-            n as isize,
-            w.as_ptr(),
-            n as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 
