@@ -70,6 +70,7 @@ impl<S: AsRef<[u8]>> F16Vector<S> {
     ///
     /// # Panics
     /// If `out.len() < len()`.
+    #[inline]
     pub fn to_f32_into(&self, out: &mut [f32]) {
         let out = &mut out[..self.len()];
         for (o, c) in out.iter_mut().zip(self.data.as_ref().chunks_exact(2)) {

@@ -27,8 +27,23 @@ impl Layout {
     }
 
     fn total(&self) -> usize {
-        self.q + self.tables + self.acc + self.meta
+        ALIGN_SLACK + self.q + self.tables + self.acc + self.meta
     }
+}
+
+/// Scratch words [`sign_product`] may skip so its buffers start on a
+/// 64-byte boundary: the kernels' 16- and 32-byte table loads then never
+/// straddle a cache line. (A large `Vec<f32>` from the system allocator
+/// typically starts 16 bytes past a page boundary; at that offset the
+/// 4096×4096 batch-1 layer measured about 5 % slower.)
+const ALIGN_SLACK: usize = 64 / 4 - 1;
+
+/// `scratch` from its first 64-byte-aligned word on.
+fn aligned(scratch: &mut [f32]) -> &mut [f32] {
+    let skip = scratch.as_ptr().align_offset(64);
+    // `align_offset` may decline (usize::MAX); then run unaligned.
+    let skip = if skip <= ALIGN_SLACK { skip } else { 0 };
+    &mut scratch[skip..]
 }
 
 /// f32 words of scratch [`sign_product`] needs for a `rows × cols` matrix
@@ -56,7 +71,7 @@ pub(crate) fn sign_product(
     let lay = Layout::new(rows, cols, batch);
     assert!(scratch.len() >= lay.total(), "scratch too short");
     assert!(out.len() >= batch * rows, "output too short");
-    let (q, rest) = scratch.split_at_mut(lay.q);
+    let (q, rest) = aligned(scratch).split_at_mut(lay.q);
     let (tables, rest) = rest.split_at_mut(lay.tables);
     let (acc, rest) = rest.split_at_mut(lay.acc);
     let (deltas, rest) = rest.split_at_mut(batch);
@@ -73,7 +88,11 @@ pub(crate) fn sign_product(
     let tlen = table_len(cols_p);
     for t in 0..batch {
         let qt = &mut q[t * cols_p..(t + 1) * cols_p];
-        let (d, s) = vectorized(kernel, || quantize(&z[t * cols..(t + 1) * cols], qt));
+        let (d, s) = vectorized(
+            kernel,
+            #[inline(always)]
+            || quantize(&z[t * cols..(t + 1) * cols], qt),
+        );
         deltas[t] = d;
         qsum[t] = s;
         if with_tables {
@@ -81,13 +100,17 @@ pub(crate) fn sign_product(
         }
     }
     int_product(kernel, &operand, q, qsum, tables, batch, acc);
-    vectorized(kernel, || {
-        for t in 0..batch {
-            let d = deltas[t];
-            let src = &acc[t * rows_p..t * rows_p + rows];
-            for (o, &a) in out[t * rows..(t + 1) * rows].iter_mut().zip(src) {
-                *o = d * a as f32;
+    vectorized(
+        kernel,
+        #[inline(always)]
+        || {
+            for t in 0..batch {
+                let d = deltas[t];
+                let src = &acc[t * rows_p..t * rows_p + rows];
+                for (o, &a) in out[t * rows..(t + 1) * rows].iter_mut().zip(src) {
+                    *o = d * a as f32;
+                }
             }
-        }
-    });
+        },
+    );
 }

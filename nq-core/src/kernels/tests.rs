@@ -337,6 +337,30 @@ fn check_same_as_portable(k: Kernel) {
     }
 }
 
+/// Results do not depend on where the scratch starts: the product skips to
+/// a 64-byte boundary inside it, and an exactly-sized slice at any of the 16
+/// float offsets (filled with NaN) must still be long enough and give the
+/// same bits.
+fn check_scratch_offsets(k: Kernel) {
+    let mut rng = Rng(8);
+    let (m, n, r) = FACTORIZED_SHAPES[FACTORIZED_SHAPES.len() - 1];
+    let l = random_factorized(&mut rng, m, n, r, true);
+    for batch in [1, 3, 16, 17] {
+        let x = rng.values(batch * n, 3.0);
+        let need = l.forward_scratch_len(batch);
+        let mut buf = vec![f32::NAN; need + 16];
+        let mut want = vec![0.0f32; batch * m];
+        l.forward_with(k, &x, batch, &mut want, &mut buf[..need]);
+        for off in 1..16 {
+            buf.fill(f32::NAN);
+            let mut y = vec![0.0f32; batch * m];
+            l.forward_with(k, &x, batch, &mut y, &mut buf[off..off + need]);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&want), "{k}: batch {batch}, offset {off}");
+        }
+    }
+}
+
 /// The kernel's table builder against the scalar one, byte for byte.
 fn check_table_builder(k: Kernel) {
     let mut rng = Rng(7);
@@ -394,6 +418,13 @@ macro_rules! kernel_tests {
             fn integer_core_is_exact() {
                 if usable($kernel) {
                     check_integer_core($kernel);
+                }
+            }
+
+            #[test]
+            fn results_do_not_depend_on_scratch_offset() {
+                if usable($kernel) {
+                    check_scratch_offsets($kernel);
                 }
             }
 

@@ -171,16 +171,23 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
     ) {
         let need = self.forward_scratch_len(batch);
         // The scaling loops around the products vectorize with the kernel.
-        kernels::vectorized(kernel, || {
-            self.run(x, batch, y, scratch, need, |signs, z, out, rest| {
-                sign_product(kernel, signs, z, batch, out, rest)
-            })
-        });
+        kernels::vectorized(
+            kernel,
+            #[inline(always)]
+            || {
+                self.run(x, batch, y, scratch, need, |signs, z, out, rest| {
+                    sign_product(kernel, signs, z, batch, out, rest)
+                })
+            },
+        );
     }
 
     /// The shared body of [`forward_with`](Self::forward_with) and
     /// [`forward_f32`](Self::forward_f32): checks, scales, the two sign
     /// products through `product(signs, input, output, scratch)`, epilogue.
+    /// Always inlined, so its loops vectorize inside
+    /// [`kernels::vectorized`].
+    #[inline(always)]
     fn run(
         &self,
         x: &[f32],

@@ -112,6 +112,7 @@ mod tests;
 
 /// Unpacks the two f16 scale vectors and the optional bias of a layer into
 /// f32 scratch (`bias` zero when absent).
+#[inline(always)]
 pub(crate) fn unpack_scales<S: AsRef<[u8]>>(
     s_in: &crate::F16Vector<S>,
     s_out: &crate::F16Vector<S>,
