@@ -133,6 +133,7 @@ fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
 }
 
 /// `Σ code_j · x_j` over int8 codes, 16 lanes of accumulators.
+#[inline(always)]
 fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
     const L: usize = 16;
     let mut acc = [0.0f32; L];
@@ -151,6 +152,7 @@ fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
 }
 
 /// `Σ code_j · x_j` over 4-bit codes (low nibble first, offset 8).
+#[inline(always)]
 fn dot_q4(row: &[u8], x: &[f32]) -> f32 {
     const L: usize = 8;
     let mut acc = [0.0f32; 2 * L];
@@ -190,7 +192,8 @@ fn dense_row_dot(t: &DenseTensor<&[u8]>, i: usize, x: &[f32]) -> f32 {
     }
 }
 
-/// Row `i` of a table dotted with `x`; `buf` is a small conversion buffer.
+/// Row `i` of a table dotted with `x`.
+#[inline(always)]
 pub(crate) fn table_row_dot(e: &Embedding<'_>, i: usize, x: &[f32]) -> f32 {
     match e {
         Embedding::Dense(t) => dense_row_dot(t, i, x),
@@ -207,11 +210,27 @@ pub(crate) fn table_row_dot(e: &Embedding<'_>, i: usize, x: &[f32]) -> f32 {
     }
 }
 
-/// `y = W x` for every row of a table (an LM head that is a table).
+/// `y = W x` for every row of a table (an LM head that is a table), inside
+/// the selected kernel's vector frame ([`kernels::vectorized`]): the int8
+/// and 4-bit row dots keep 16 explicit lanes of accumulators, so they
+/// vectorize wider there and still give the same bits.
+///
+/// [`kernels::vectorized`]: crate::kernels::vectorized
 pub(crate) fn table_matvec(e: &Embedding<'_>, x: &[f32], y: &mut [f32]) {
-    for (i, yi) in y.iter_mut().enumerate() {
-        *yi = table_row_dot(e, i, x);
-    }
+    table_matvec_with(crate::kernels::selected(), e, x, y);
+}
+
+/// [`table_matvec`] in `kernel`'s vector frame.
+fn table_matvec_with(kernel: crate::kernels::Kernel, e: &Embedding<'_>, x: &[f32], y: &mut [f32]) {
+    crate::kernels::vectorized(
+        kernel,
+        #[inline(always)]
+        || {
+            for (i, yi) in y.iter_mut().enumerate() {
+                *yi = table_row_dot(e, i, x);
+            }
+        },
+    );
 }
 
 /// Scratch floats any quantized linear `m × n` (any rank) needs for `batch`
@@ -277,6 +296,40 @@ pub(crate) fn linear_forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The head's row dots give the same bits in every kernel's vector
+    /// frame as in the portable (baseline) build.
+    #[test]
+    fn table_heads_are_bit_identical_across_kernels() {
+        use crate::kernels::{self, Kernel};
+        use crate::layers::RowQuantTensor;
+        use std::{vec, vec::Vec};
+        let (rows, cols) = (37, 576 + 13);
+        let vals: Vec<f32> = (0..rows * cols)
+            .map(|k| libm::sinf(k as f32 * 0.37) * 2.0)
+            .collect();
+        let x: Vec<f32> = (0..cols)
+            .map(|k| libm::cosf(k as f32 * 0.11) * 3.0)
+            .collect();
+        let f32t = DenseTensor::from_f32(rows, cols, DenseDtype::F32, &vals);
+        let q8 = RowQuantTensor::quantize(rows, cols, RowBits::I8, &vals);
+        let q4 = RowQuantTensor::quantize(rows, cols, RowBits::Q4, &vals);
+        let tables = [
+            Embedding::Dense(f32t.as_view()),
+            Embedding::RowQuant(q8.as_view()),
+            Embedding::RowQuant(q4.as_view()),
+        ];
+        for e in &tables {
+            let mut want = vec![0.0f32; rows];
+            table_matvec_with(Kernel::Portable, e, &x, &mut want);
+            for k in kernels::available() {
+                let mut got = vec![f32::NAN; rows];
+                table_matvec_with(k, e, &x, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{k}");
+            }
+        }
+    }
 
     #[test]
     fn f16_conversion_matches_half_for_every_value() {
