@@ -299,6 +299,7 @@ mod tests {
 
     /// The head's row dots give the same bits in every kernel's vector
     /// frame as in the portable (baseline) build.
+    #[cfg(feature = "alloc")]
     #[test]
     fn table_heads_are_bit_identical_across_kernels() {
         use crate::kernels::{self, Kernel};
