@@ -625,29 +625,36 @@ fn attend(
         c.n_kv_heads as usize,
         c.head_dim as usize,
     );
-    let group = nh / nkv;
-    let scale = 1.0 / libm::sqrtf(hd as f32);
-    let live = &mut scores[..=pos];
-    for head in 0..nh {
-        let g = head / group;
-        let qh = &q[head * hd..(head + 1) * hd];
-        let mut max = f32::NEG_INFINITY;
-        for (p, s) in live.iter_mut().enumerate() {
-            *s = kv.dot_key(layer, p, g, qh) * scale;
-            max = max.max(*s);
-        }
-        let mut sum = 0.0f64;
-        for s in live.iter_mut() {
-            *s = libm::expf(*s - max);
-            sum += f64::from(*s);
-        }
-        let norm = (1.0 / sum) as f32;
-        let oh = &mut out[head * hd..(head + 1) * hd];
-        oh.fill(0.0);
-        for (p, &s) in live.iter().enumerate() {
-            kv.add_value(layer, p, g, s * norm, oh);
-        }
-    }
+    // The score and value loops vectorize with the kernel's vector frame.
+    crate::kernels::vectorized(
+        crate::kernels::selected(),
+        #[inline(always)]
+        || {
+            let group = nh / nkv;
+            let scale = 1.0 / libm::sqrtf(hd as f32);
+            let live = &mut scores[..=pos];
+            for head in 0..nh {
+                let g = head / group;
+                let qh = &q[head * hd..(head + 1) * hd];
+                let mut max = f32::NEG_INFINITY;
+                for (p, s) in live.iter_mut().enumerate() {
+                    *s = kv.dot_key(layer, p, g, qh) * scale;
+                    max = max.max(*s);
+                }
+                let mut sum = 0.0f64;
+                for s in live.iter_mut() {
+                    *s = libm::expf(*s - max);
+                    sum += f64::from(*s);
+                }
+                let norm = (1.0 / sum) as f32;
+                let oh = &mut out[head * hd..(head + 1) * hd];
+                oh.fill(0.0);
+                for (p, &s) in live.iter().enumerate() {
+                    kv.add_value(layer, p, g, s * norm, oh);
+                }
+            }
+        },
+    );
 }
 
 /// Every tensor present, shaped as the config says, and within the scratch bound.
