@@ -1,12 +1,16 @@
 //! Block reconstruction: the factorized layer's chain rule against finite
 //! differences, and training that really lowers a block's output error.
 
+use nq_host::blob_writer::TensorPayload;
 use nq_host::model::forward::{block_forward, embed, RopeTable};
 use nq_host::model::synthetic::{random_model, tiny_config};
-use nq_host::model::{Arch, Matrix};
+use nq_host::model::{Arch, LayerWeights, Matrix, ModelWeights};
+use nq_host::quant::pipeline::LayerReport;
 use nq_host::quant::pipeline::QuantizeOptions;
-use nq_host::quant::recon::{reconstruct, reconstruct_block, FactorState, ReconOptions};
-use nq_host::quant::stats::{collect, StatsOptions};
+use nq_host::quant::recon::{
+    reconstruct, reconstruct_block, BlockReport, FactorState, ReconOptions,
+};
+use nq_host::quant::stats::{collect, ModelStats, StatsOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -127,24 +131,38 @@ fn windows() -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Block 0 of `w` reconstructed from `student` by the host path
+/// (`reconstruct_block` at `nanoquant_opts(30)` and `r`): payloads,
+/// per-linear reports, block report.
+fn host_block_zero(
+    w: &ModelWeights,
+    stats: &ModelStats,
+    (xs, ys, t): (&[Vec<f32>], &[Vec<f32>], usize),
+    student: &mut LayerWeights,
+    r: &ReconOptions,
+) -> (Vec<TensorPayload>, Vec<LayerReport>, BlockReport) {
+    reconstruct_block(
+        0,
+        w,
+        student,
+        stats,
+        xs,
+        ys,
+        t,
+        &common::nanoquant_opts(30),
+        r,
+        &|_| {},
+    )
+    .unwrap()
+}
+
 #[test]
 fn training_lowers_the_block_output_error() {
     let (w, stats, xs, ys, t) = block_zero(Arch::Llama, 4);
     let run = |r: ReconOptions| {
         let mut student = w.layers[0].clone();
-        let (payloads, reports, block) = reconstruct_block(
-            0,
-            &w,
-            &mut student,
-            &stats,
-            &xs,
-            &ys,
-            t,
-            &common::nanoquant_opts(30),
-            &r,
-            &|_| {},
-        )
-        .unwrap();
+        let (payloads, reports, block) =
+            host_block_zero(&w, &stats, (&xs, &ys, t), &mut student, &r);
         assert_eq!(payloads.len(), 7);
         assert_eq!(reports.len(), 7);
         block.rel_output_error
@@ -232,19 +250,7 @@ fn device_reconstruction_matches_cpu<B: nq_host::backend::BlockBackend>(
             ..common::nanoquant_opts(30)
         };
         let mut host = w.layers[0].clone();
-        let (hp, hr, hb) = reconstruct_block(
-            0,
-            &w,
-            &mut host,
-            &stats,
-            &xs,
-            &ys,
-            t,
-            &common::nanoquant_opts(30),
-            &r,
-            &|_| {},
-        )
-        .unwrap();
+        let (hp, hr, hb) = host_block_zero(&w, &stats, (&xs, &ys, t), &mut host, &r);
         let mut dev = w.layers[0].clone();
         let (dp, dr, db) = reconstruct_block_on(
             be,
@@ -320,19 +326,7 @@ fn device_reconstruction_on_the_cpu_backend_is_the_host_path() {
         };
         let run_host = |r: &ReconOptions| {
             let mut host = w.layers[0].clone();
-            let out = reconstruct_block(
-                0,
-                &w,
-                &mut host,
-                &stats,
-                &xs,
-                &ys,
-                t,
-                &common::nanoquant_opts(30),
-                r,
-                &|_| {},
-            )
-            .unwrap();
+            let out = host_block_zero(&w, &stats, (&xs, &ys, t), &mut host, r);
             (out, host)
         };
         let ((hp, hr, hb), host) = run_host(&r);
