@@ -4,6 +4,8 @@
 
 use half::f16;
 
+use super::ops::dot_lanes;
+
 /// How cached keys and values are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -95,9 +97,9 @@ impl KvCache<'_> {
         let base = row * hd * nkv + g * hd;
         match &self.store {
             KvStore::F32(d) => super::ops::dot(&d[base..base + hd], q),
-            KvStore::F16(d) => dot_lanes(&d[base..base + hd], q, super::ops::f16_to_f32),
+            KvStore::F16(d) => dot_lanes::<8, u16>(&d[base..base + hd], q, super::ops::f16_to_f32),
             KvStore::I8 { codes, scales } => {
-                dot_lanes(&codes[base..base + hd], q, f32::from) * scales[row * nkv + g]
+                dot_lanes::<8, i8>(&codes[base..base + hd], q, f32::from) * scales[row * nkv + g]
             }
         }
     }
@@ -127,27 +129,6 @@ impl KvCache<'_> {
             }
         }
     }
-}
-
-/// `Σ conv(k_j) · q_j` with 8 lanes of accumulators (then summed pairwise),
-/// so the convert-and-multiply vectorizes on any SIMD width; the same order
-/// on every target.
-#[inline(always)]
-fn dot_lanes<T: Copy>(k: &[T], q: &[f32], conv: impl Fn(T) -> f32) -> f32 {
-    const L: usize = 8;
-    let mut acc = [0.0f32; L];
-    let (kc, qc) = (k.chunks_exact(L), q.chunks_exact(L));
-    let (kr, qr) = (kc.remainder(), qc.remainder());
-    for (ks, qs) in kc.zip(qc) {
-        for j in 0..L {
-            acc[j] += conv(ks[j]) * qs[j];
-        }
-    }
-    let mut tail = 0.0f32;
-    for (&kv, &qv) in kr.iter().zip(qr) {
-        tail += conv(kv) * qv;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 #[cfg(test)]

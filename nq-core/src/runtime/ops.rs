@@ -132,23 +132,34 @@ fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
     acc[0] + tail
 }
 
-/// `Σ code_j · x_j` over int8 codes, 16 lanes of accumulators.
+/// `Σ conv(k_j) · x_j` with `L` lanes of accumulators, summed in lane order,
+/// then the tail: the convert-and-multiply vectorizes on any SIMD width, in
+/// the same order on every target.
 #[inline(always)]
-fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
-    const L: usize = 16;
+pub(crate) fn dot_lanes<const L: usize, T: Copy>(
+    k: &[T],
+    x: &[f32],
+    conv: impl Fn(T) -> f32,
+) -> f32 {
     let mut acc = [0.0f32; L];
-    let (rc, xc) = (row.chunks_exact(L), x.chunks_exact(L));
-    let (rr, xr) = (rc.remainder(), xc.remainder());
-    for (r, xs) in rc.zip(xc) {
-        for k in 0..L {
-            acc[k] += f32::from(r[k] as i8) * xs[k];
+    let (kc, xc) = (k.chunks_exact(L), x.chunks_exact(L));
+    let (kr, xr) = (kc.remainder(), xc.remainder());
+    for (ks, xs) in kc.zip(xc) {
+        for j in 0..L {
+            acc[j] += conv(ks[j]) * xs[j];
         }
     }
     let mut tail = 0.0f32;
-    for (&c, &xv) in rr.iter().zip(xr) {
-        tail += f32::from(c as i8) * xv;
+    for (&kv, &xv) in kr.iter().zip(xr) {
+        tail += conv(kv) * xv;
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ code_j · x_j` over int8 codes, 16 lanes of accumulators.
+#[inline(always)]
+fn dot_i8(row: &[u8], x: &[f32]) -> f32 {
+    dot_lanes::<16, u8>(row, x, |c| f32::from(c as i8))
 }
 
 /// `Σ code_j · x_j` over 4-bit codes (low nibble first, offset 8).
