@@ -144,54 +144,54 @@ impl<S: AsRef<[u8]>> BinaryLinear<S> {
         y: &mut [f32],
         scratch: &mut [f32],
     ) {
-        let need = self.forward_scratch_len(batch);
-        // The scaling loops around the products vectorize with the kernel.
-        kernels::vectorized(
-            kernel,
-            #[inline(always)]
-            || {
-                self.run(x, batch, y, scratch, need, |signs, z, out, rest| {
-                    sign_product(kernel, signs, z, batch, out, rest)
-                })
-            },
+        assert!(
+            scratch.len() >= self.forward_scratch_len(batch),
+            "scratch length"
         );
+        self.run(kernel, x, batch, y, scratch, |signs, z, out, rest| {
+            sign_product(kernel, signs, z, batch, out, rest)
+        });
     }
 
     /// The shared body of [`forward_with`](Self::forward_with) and
     /// [`forward_f32`](Self::forward_f32): checks, scales, the sign product
     /// through `product(signs, input, output, scratch)`, epilogue.
-    /// Always inlined, so its loops vectorize inside
-    /// [`kernels::vectorized`].
-    #[inline(always)]
+    /// The body runs in `kernel`'s vector frame ([`kernels::vectorized`]),
+    /// so the scaling loops around the products vectorize with it.
     fn run(
         &self,
+        kernel: Kernel,
         x: &[f32],
         batch: usize,
         y: &mut [f32],
         scratch: &mut [f32],
-        need: usize,
         product: impl Fn(&SignMatrix<&[u8]>, &[f32], &mut [f32], &mut [f32]),
     ) {
-        let (m, n) = (self.out_features(), self.in_features());
-        assert_eq!(x.len(), batch * n, "input length");
-        assert_eq!(y.len(), batch * m, "output length");
-        assert!(scratch.len() >= need, "scratch length");
-        if batch == 0 {
-            return;
-        }
-        let (s_col, rest) = scratch.split_at_mut(n);
-        let (s_row, rest) = rest.split_at_mut(m);
-        let (bias, rest) = rest.split_at_mut(m);
-        let (z, rest) = rest.split_at_mut(batch * n);
-        super::unpack_scales(
-            &self.s_col,
-            &self.s_row,
-            self.bias.as_ref(),
-            (&mut *s_col, &mut *s_row, &mut *bias),
+        kernels::vectorized(
+            kernel,
+            #[inline(always)]
+            || {
+                let (m, n) = (self.out_features(), self.in_features());
+                assert_eq!(x.len(), batch * n, "input length");
+                assert_eq!(y.len(), batch * m, "output length");
+                if batch == 0 {
+                    return;
+                }
+                let (s_col, rest) = scratch.split_at_mut(n);
+                let (s_row, rest) = rest.split_at_mut(m);
+                let (bias, rest) = rest.split_at_mut(m);
+                let (z, rest) = rest.split_at_mut(batch * n);
+                super::unpack_scales(
+                    &self.s_col,
+                    &self.s_row,
+                    self.bias.as_ref(),
+                    (&mut *s_col, &mut *s_row, &mut *bias),
+                );
+                super::scale_columns(x, s_col, z, n);
+                product(&self.signs.as_view(), z, y, rest);
+                super::scale_rows_add_bias(y, s_row, bias, m);
+            },
         );
-        super::scale_columns(x, s_col, z, n);
-        product(&self.signs.as_view(), z, y, rest);
-        super::scale_rows_add_bias(y, s_row, bias, m);
     }
 
     /// Scratch floats [`forward_f32`](Self::forward_f32) needs for `batch`
@@ -209,10 +209,18 @@ impl<S: AsRef<[u8]>> BinaryLinear<S> {
     /// If `x.len() != batch · n`, `y.len() != batch · m` or `scratch` is
     /// shorter than [`forward_f32_scratch_len`](Self::forward_f32_scratch_len).
     pub fn forward_f32(&self, x: &[f32], batch: usize, y: &mut [f32], scratch: &mut [f32]) {
-        let need = self.forward_f32_scratch_len(batch);
-        self.run(x, batch, y, scratch, need, |signs, z, out, rest| {
-            sign_product_f32(signs, z, batch, out, rest)
-        });
+        assert!(
+            scratch.len() >= self.forward_f32_scratch_len(batch),
+            "scratch length"
+        );
+        self.run(
+            Kernel::Portable,
+            x,
+            batch,
+            y,
+            scratch,
+            |signs, z, out, rest| sign_product_f32(signs, z, batch, out, rest),
+        );
     }
 
     /// Writes the dense `m × n` matrix this layer represents (row-major).
