@@ -183,8 +183,15 @@ impl RowQuantTensor<alloc::vec::Vec<u8>> {
                 RowBits::Q4 => (8.0, -8.0, 7.0),
             };
             // Round the scale to f16 first so codes are chosen against the
-            // scale the reader will actually use.
-            let scale = half::f16::from_f32(max / qmax).to_f32();
+            // scale the reader will actually use. A tiny row's scale is an
+            // f16 subnormal with few significant bits; where rounding it
+            // down would clip the largest value by more than half a step,
+            // take the next f16 up instead.
+            let mut s16 = half::f16::from_f32(max / qmax);
+            if max - s16.to_f32() * qmax > 0.5 * s16.to_f32() {
+                s16 = half::f16::from_bits(s16.to_bits() + 1);
+            }
+            let scale = s16.to_f32();
             scales.push(scale);
             for (j, &v) in row.iter().enumerate() {
                 let q = if scale > 0.0 {
