@@ -6,6 +6,11 @@
 //! (what perplexity needs), and one forward + backward with weight gradients
 //! (what calibration statistics need). Each is run once to warm up, then
 //! `iters` times; the median is reported.
+//!
+//! [`runtime`] measures a quantized blob on nq-core's edge runtime instead
+//! (`nq-host bench runtime`).
+
+pub mod runtime;
 
 use std::time::Instant;
 

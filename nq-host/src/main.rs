@@ -53,13 +53,18 @@ enum Command {
     /// (what a device runs), checkpoints through the f32 host model.
     Run(cli::generate::RunArgs),
     /// Benchmarks (not tests): the FP32 reference model, the ADMM
-    /// factorization per device.
+    /// factorization and calibration statistics per device, and a blob's
+    /// prompt and generation speed on the edge runtime.
     #[command(subcommand)]
     Bench(BenchCommand),
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Prompt-processing (ppN) and generation (tgN) tokens/s of a blob on
+    /// the edge runtime (what a device runs), llama-bench style: per
+    /// kernel, KV type and prefill batch, mean ± sd over repetitions.
+    Runtime(cli::bench_runtime::RuntimeBenchArgs),
     /// FP32 prefill, full forward and forward + backward on one sequence.
     Fp32 {
         /// GGUF file or Hugging Face directory.
@@ -247,6 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(args) => convert(args),
         Command::Quantize(args) => cli::quantize::run(*args),
         Command::Run(args) => cli::generate::run(args),
+        Command::Bench(BenchCommand::Runtime(args)) => cli::bench_runtime::run(args),
         Command::Bench(BenchCommand::Admm {
             shapes,
             bpw,

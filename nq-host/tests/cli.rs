@@ -445,3 +445,126 @@ fn bench_stats_reports_a_pass_and_refuses_bad_sizes() {
     let bad = nq_host(&["bench", "stats", "--ctx", "1", "--device", "cpu"]);
     assert_one_line_error(&bad, "--ctx at least 2");
 }
+
+#[test]
+fn bench_runtime_measures_every_combination() {
+    use nq_host::quant::export::EmbedFormat;
+    use nq_host::quant::synthetic_blob::synthetic_blob;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.nqb");
+    let mut c = config();
+    c.n_layers = 2;
+    let bytes = synthetic_blob(c, 5, 1.0, EmbedFormat::Q8, 10).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let p = path.to_str().unwrap();
+    let common = [
+        "bench", "runtime", "--model", p, "-p", "8,24", "-n", "6", "-b", "1,8", "-r", "2",
+    ];
+    let out = nq_host(
+        &[
+            &common[..],
+            &["-k", "all", "--kv", "f32,int8", "-o", "json"],
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["model"], "s.nqb");
+    assert_eq!(doc["size_bytes"].as_u64(), Some(bytes.len() as u64));
+    let rows = doc["rows"].as_array().unwrap();
+    let kernels: Vec<&str> = nq_core::kernels::available().map(|k| k.name()).collect();
+    // Per KV type and kernel: 2 prompts × 2 batches, then 1 generation.
+    assert_eq!(rows.len(), 2 * kernels.len() * 5);
+    let view = nq_core::Blob::parse(&bytes).unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        let kv = if i < rows.len() / 2 { "f32" } else { "int8" };
+        let kernel = kernels[(i % (rows.len() / 2)) / 5];
+        assert_eq!(
+            (r["kv"].as_str(), r["kernel"].as_str()),
+            (Some(kv), Some(kernel))
+        );
+        let (test, batch) = match i % 5 {
+            0 => ("pp8", Some(1)),
+            1 => ("pp24", Some(1)),
+            2 => ("pp8", Some(8)),
+            3 => ("pp24", Some(8)),
+            _ => ("tg6", None),
+        };
+        assert_eq!(r["test"], test, "row {i}");
+        assert_eq!(r["batch"].as_u64(), batch, "row {i}");
+        assert_eq!(
+            r["tokens"].as_u64().unwrap(),
+            test[2..].parse::<u64>().unwrap()
+        );
+        let samples: Vec<f64> = r["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(samples.len(), 2);
+        assert!(samples.iter().all(|s| s.is_finite() && *s > 0.0));
+        let mean = r["tokens_per_second"].as_f64().unwrap();
+        assert!((mean - (samples[0] + samples[1]) / 2.0).abs() <= 1e-9 * mean);
+        let sd = r["stddev"].as_f64().unwrap();
+        assert!((sd - (samples[0] - samples[1]).abs() / 2f64.sqrt()).abs() <= 1e-9 * mean);
+        // The arena of the runtime the row ran on: ctx 24, its batch, its KV.
+        let kvd = if kv == "f32" {
+            nq_core::KvDtype::F32
+        } else {
+            nq_core::KvDtype::I8
+        };
+        let opts = nq_core::RuntimeOptions::new(kvd).with_max_batch(if i % 5 < 2 { 1 } else { 8 });
+        let need = nq_core::Runtime::arena_bytes_with(view.config(), 24, opts);
+        assert_eq!(r["arena_bytes"].as_u64(), Some(need as u64), "row {i}");
+    }
+
+    // Markdown (default) and CSV: a header, then one line per row.
+    let md = nq_host(&common);
+    assert!(md.status.success());
+    let md = String::from_utf8(md.stdout).unwrap();
+    assert_eq!(md.lines().count(), 2 + 5, "{md}");
+    assert!(md.lines().nth(6).unwrap().contains("| - | tg6 |"), "{md}");
+    let csv = nq_host(&[&common[..], &["-o", "csv", "--act", "f32", "-k", "all"]].concat());
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    // f32 activations run one portable path whatever the kernel list.
+    assert_eq!(csv.lines().count(), 1 + 5, "{csv}");
+    assert!(
+        csv.lines()
+            .skip(1)
+            .all(|l| l.contains(",f32 (portable),f32,")),
+        "{csv}"
+    );
+
+    assert_one_line_error(
+        &nq_host(&["bench", "runtime", "--model", p, "-p", "0", "-n", "0"]),
+        "nothing to measure",
+    );
+    assert_one_line_error(
+        &nq_host(&["bench", "runtime", "--model", p, "-p", "300"]),
+        "more than the model's context (256)",
+    );
+    assert_one_line_error(
+        &nq_host(&["bench", "runtime", "--model", p, "-p", "8", "-k", "sse9"]),
+        "unknown kernel",
+    );
+    if let Some(k) = nq_core::kernels::Kernel::ALL
+        .into_iter()
+        .find(|k| !k.is_available())
+    {
+        assert_one_line_error(
+            &nq_host(&["bench", "runtime", "--model", p, "-p", "8", "-k", k.name()]),
+            "not available on this CPU",
+        );
+    }
+    let short = dir.path().join("short.nqb");
+    std::fs::write(&short, &bytes[..bytes.len() / 2]).unwrap();
+    assert_one_line_error(
+        &nq_host(&["bench", "runtime", "--model", short.to_str().unwrap()]),
+        "not a valid blob",
+    );
+}

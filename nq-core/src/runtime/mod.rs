@@ -497,8 +497,11 @@ impl<'a> Runtime<'a> {
             return Err(RuntimeError::EmptyPrompt);
         }
         self.check(tokens)?;
-        for chunk in tokens.chunks(self.batch) {
-            self.step(chunk)?;
+        // Only the last chunk needs logits: the head (the largest matrix of
+        // a small model) runs once per prompt, not once per chunk.
+        let mut chunks = tokens.chunks(self.batch).peekable();
+        while let Some(chunk) = chunks.next() {
+            self.step(chunk, chunks.peek().is_none())?;
         }
         Ok(self.logits)
     }
@@ -506,7 +509,7 @@ impl<'a> Runtime<'a> {
     /// Runs one token and returns its logits.
     pub fn decode(&mut self, token: u32) -> Result<&[f32], RuntimeError> {
         self.check(&[token])?;
-        self.step(&[token])?;
+        self.step(&[token], true)?;
         Ok(self.logits)
     }
 
@@ -520,8 +523,9 @@ impl<'a> Runtime<'a> {
         Ok(())
     }
 
-    /// One batched forward of `n ≤ batch` tokens at positions `pos..pos+n`.
-    fn step(&mut self, tokens: &[u32]) -> Result<(), RuntimeError> {
+    /// One batched forward of `n ≤ batch` tokens at positions `pos..pos+n`;
+    /// with `logits`, the last token's logits too.
+    fn step(&mut self, tokens: &[u32], logits: bool) -> Result<(), RuntimeError> {
         let c = self.cfg;
         let n = tokens.len();
         let (d, qd, kvd, f, hd) = (
@@ -597,6 +601,9 @@ impl<'a> Runtime<'a> {
             x.iter_mut().zip(out.iter()).for_each(|(a, o)| *a += o);
         }
         self.pos += n;
+        if !logits {
+            return Ok(());
+        }
         let last = &x[(n - 1) * d..];
         let hl = &mut h[..d];
         ops::rmsnorm_row(last, &self.view.output_norm()?, eps, hl);

@@ -1,5 +1,6 @@
 //! Subcommands with more than a screen of logic.
 
+pub mod bench_runtime;
 pub mod generate;
 pub mod quantize;
 
