@@ -4,8 +4,6 @@
 
 use half::f16;
 
-use super::ops::dot_lanes;
-
 /// How cached keys and values are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -61,16 +59,39 @@ impl KvCache<'_> {
         (layer * 2 + usize::from(value)) * self.ctx + pos
     }
 
+    /// First element of the (layer, K or V) block: `ctx · kv_dim` values.
+    fn block(&self, layer: usize, value: bool) -> usize {
+        self.row(layer, value, 0) * self.head_dim * self.n_kv_heads
+    }
+
     /// Stores one key (`value = false`) or value row of `kv_dim` floats.
+    ///
+    /// Values are kept position-major (one `kv_dim` row per position: the
+    /// weighted sum reads a head's row at a time). Keys are kept
+    /// dimension-major within each head (`[head][dim][position]`), so the
+    /// scores of all positions build up as contiguous multiply-adds with no
+    /// horizontal sums; see [`KvCache::key_scores`].
     pub(crate) fn store(&mut self, layer: usize, value: bool, pos: usize, src: &[f32]) {
-        let (hd, nkv) = (self.head_dim, self.n_kv_heads);
+        let (hd, nkv, ctx) = (self.head_dim, self.n_kv_heads, self.ctx);
         let row = self.row(layer, value, pos);
-        let base = row * hd * nkv;
+        let block = self.block(layer, value);
+        // Where value `i` of the row goes.
+        let at = |i: usize| {
+            if value {
+                block + pos * hd * nkv + i
+            } else {
+                block + i * ctx + pos
+            }
+        };
         match &mut self.store {
-            KvStore::F32(d) => d[base..base + hd * nkv].copy_from_slice(src),
+            KvStore::F32(d) => {
+                for (i, &v) in src.iter().enumerate() {
+                    d[at(i)] = v;
+                }
+            }
             KvStore::F16(d) => {
-                for (o, &v) in d[base..base + hd * nkv].iter_mut().zip(src) {
-                    *o = f16::from_f32(v).to_bits();
+                for (i, &v) in src.iter().enumerate() {
+                    d[at(i)] = f16::from_f32(v).to_bits();
                 }
             }
             KvStore::I8 { codes, scales } => {
@@ -80,26 +101,43 @@ impl KvCache<'_> {
                     let scale = max / 127.0;
                     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
                     scales[row * nkv + g] = scale;
-                    let out = &mut codes[base + g * hd..base + (g + 1) * hd];
-                    for (o, &v) in out.iter_mut().zip(head) {
-                        *o = libm::roundf(v * inv).clamp(-127.0, 127.0) as i8;
+                    for (j, &v) in head.iter().enumerate() {
+                        codes[at(g * hd + j)] = libm::roundf(v * inv).clamp(-127.0, 127.0) as i8;
                     }
                 }
             }
         }
     }
 
-    /// `q · K[layer, pos, head g]`.
+    /// `out[p] = q · K[layer, p, head g]` for the positions `p < out.len()`.
+    ///
+    /// Each position's dot is summed in dimension order, four dimensions a
+    /// step: `out[p] = (((… + q₀k₀ + q₁k₁) + q₂k₂) + q₃k₃) …`, the same on
+    /// every target. The loop over positions is what vectorizes.
     #[inline(always)]
-    pub(crate) fn dot_key(&self, layer: usize, pos: usize, g: usize, q: &[f32]) -> f32 {
-        let (hd, nkv) = (self.head_dim, self.n_kv_heads);
-        let row = self.row(layer, false, pos);
-        let base = row * hd * nkv + g * hd;
+    pub(crate) fn key_scores(&self, layer: usize, g: usize, q: &[f32], out: &mut [f32]) {
+        let (hd, nkv, ctx) = (self.head_dim, self.n_kv_heads, self.ctx);
+        let head = self.block(layer, false) + g * hd * ctx;
+        out.fill(0.0);
         match &self.store {
-            KvStore::F32(d) => super::ops::dot(&d[base..base + hd], q),
-            KvStore::F16(d) => dot_lanes::<8, u16>(&d[base..base + hd], q, super::ops::f16_to_f32),
+            KvStore::F32(d) => {
+                columns_dot(&d[head..head + hd * ctx], ctx, q, out, |v| v);
+            }
+            KvStore::F16(d) => {
+                columns_dot(
+                    &d[head..head + hd * ctx],
+                    ctx,
+                    q,
+                    out,
+                    super::ops::f16_to_f32,
+                );
+            }
             KvStore::I8 { codes, scales } => {
-                dot_lanes::<8, i8>(&codes[base..base + hd], q, f32::from) * scales[row * nkv + g]
+                columns_dot(&codes[head..head + hd * ctx], ctx, q, out, f32::from);
+                let first = self.row(layer, false, 0) * nkv + g;
+                for (o, s) in out.iter_mut().zip(scales[first..].iter().step_by(nkv)) {
+                    *o *= s;
+                }
             }
         }
     }
@@ -131,21 +169,83 @@ impl KvCache<'_> {
     }
 }
 
+/// `out[p] += Σ_j q[j] · conv(cols[j·stride + p])` for `p < out.len()`, over
+/// the `q.len()` columns of a dimension-major block, four columns a step.
+#[inline(always)]
+fn columns_dot<T: Copy>(
+    cols: &[T],
+    stride: usize,
+    q: &[f32],
+    out: &mut [f32],
+    conv: impl Fn(T) -> f32,
+) {
+    let n = out.len();
+    let col = |j: usize| &cols[j * stride..j * stride + n];
+    let mut quads = q.chunks_exact(4);
+    let mut j = 0;
+    for qs in quads.by_ref() {
+        let (q0, q1, q2, q3) = (qs[0], qs[1], qs[2], qs[3]);
+        let (c0, c1, c2, c3) = (col(j), col(j + 1), col(j + 2), col(j + 3));
+        for ((((o, &a), &b), &c), &d) in out.iter_mut().zip(c0).zip(c1).zip(c2).zip(c3) {
+            *o += ((q0 * conv(a) + q1 * conv(b)) + q2 * conv(c)) + q3 * conv(d);
+        }
+        j += 4;
+    }
+    for &qj in quads.remainder() {
+        for (o, &a) in out.iter_mut().zip(col(j)) {
+            *o += qj * conv(a);
+        }
+        j += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// `dot_key` (8 lanes and a tail) against an f64 dot of the dequantized
-    /// keys, for every storage type and head sizes on and off the lane width.
+    const CTX: usize = 5;
+    const LAYERS: usize = 2;
+    const NKV: usize = 2;
+    const MAX: usize = LAYERS * 2 * CTX * NKV * 70;
+
+    /// The value a store of `v` (the row `row` of head `head`) reads back as,
+    /// worked out from the storage type's definition, not from the cache.
+    fn dequantized(store: &KvStore<'_>, row: &[f32], head: usize, hd: usize, v: f32) -> f64 {
+        match store {
+            KvStore::F32(_) => f64::from(v),
+            KvStore::F16(_) => f64::from(f16::from_f32(v).to_f32()),
+            KvStore::I8 { .. } => {
+                let h = &row[head * hd..(head + 1) * hd];
+                let scale = h.iter().fold(0.0f32, |m, &x| m.max(x.abs())) / 127.0;
+                if scale == 0.0 {
+                    return 0.0;
+                }
+                f64::from(libm::roundf(v / scale).clamp(-127.0, 127.0) * scale)
+            }
+        }
+    }
+
+    /// Keys and values of every (layer, position) stored, then read back:
+    /// `key_scores` for every live length against an f64 dot of the
+    /// dequantized keys, and `add_value` against the dequantized values —
+    /// for every storage type and head sizes on and off the 4-column step.
     #[test]
-    fn key_dots_match_the_dequantized_cache() {
-        for hd in [1usize, 7, 8, 13, 64, 70] {
-            let nkv = 2;
-            let key: [f32; 140] = core::array::from_fn(|j| libm::sinf(j as f32 * 0.7) * 3.0);
-            let q: [f32; 70] = core::array::from_fn(|j| libm::cosf(j as f32 * 0.3));
-            let key = &key[..hd * nkv];
-            let (mut f32s, mut f16s, mut codes, mut scales) =
-                ([0.0f32; 140], [0u16; 140], [0i8; 140], [0.0f32; 2]);
+    fn stored_keys_and_values_read_back() {
+        for hd in [1usize, 3, 4, 7, 13, 64, 70] {
+            let kvd = hd * NKV;
+            // Distinct rows for every (layer, K/V, position).
+            let row = |layer: usize, value: bool, pos: usize| -> [f32; 140] {
+                let seed = (layer * 2 + usize::from(value)) * CTX + pos;
+                core::array::from_fn(|i| libm::sinf(i as f32 * 0.7 + seed as f32 * 1.3) * 3.0)
+            };
+            let q: [f32; 70] = core::array::from_fn(|j| libm::cosf(j as f32 * 0.3) - 0.2);
+            let q = &q[..hd];
+            let (mut f32s, mut f16s, mut codes, mut scales) = (
+                [0.0f32; MAX],
+                [0u16; MAX],
+                [0i8; MAX],
+                [0.0f32; LAYERS * 2 * CTX * NKV],
+            );
             let stores = [
                 KvStore::F32(&mut f32s),
                 KvStore::F16(&mut f16s),
@@ -157,30 +257,50 @@ mod tests {
             for store in stores {
                 let mut kv = KvCache {
                     store,
-                    ctx: 1,
+                    ctx: CTX,
                     head_dim: hd,
-                    n_kv_heads: nkv,
+                    n_kv_heads: NKV,
                 };
-                kv.store(0, false, 0, key);
-                for g in 0..nkv {
-                    let deq: [f64; 70] = core::array::from_fn(|j| {
-                        if j >= hd {
-                            return 0.0;
+                for layer in 0..LAYERS {
+                    for pos in 0..CTX {
+                        for value in [false, true] {
+                            kv.store(layer, value, pos, &row(layer, value, pos)[..kvd]);
                         }
-                        let k = g * hd + j;
-                        f64::from(match &kv.store {
-                            KvStore::F32(d) => d[k],
-                            KvStore::F16(d) => f16::from_bits(d[k]).to_f32(),
-                            KvStore::I8 { codes, scales } => f32::from(codes[k]) * scales[g],
-                        })
-                    });
-                    let want: f64 = (0..hd).map(|j| deq[j] * f64::from(q[j])).sum();
-                    let mag: f64 = (0..hd).map(|j| (deq[j] * f64::from(q[j])).abs()).sum();
-                    let got = f64::from(kv.dot_key(0, 0, g, &q[..hd]));
-                    assert!(
-                        (got - want).abs() <= 1e-6 * mag + 1e-30,
-                        "hd {hd} g {g}: {got} vs {want}"
-                    );
+                    }
+                }
+                for layer in 0..LAYERS {
+                    for g in 0..NKV {
+                        for n in 1..=CTX {
+                            let mut got = [0.0f32; CTX];
+                            kv.key_scores(layer, g, q, &mut got[..n]);
+                            for (p, &got) in got[..n].iter().enumerate() {
+                                let k = row(layer, false, p);
+                                let terms = (0..hd).map(|j| {
+                                    dequantized(&kv.store, &k, g, hd, k[g * hd + j])
+                                        * f64::from(q[j])
+                                });
+                                let want: f64 = terms.clone().sum();
+                                let mag: f64 = terms.map(f64::abs).sum();
+                                assert!(
+                                    (f64::from(got) - want).abs() <= 1e-6 * mag + 1e-30,
+                                    "hd {hd} layer {layer} g {g} n {n} p {p}: {got} vs {want}"
+                                );
+                            }
+                        }
+                        for pos in 0..CTX {
+                            let v = row(layer, true, pos);
+                            let mut out = [0.5f32; 70];
+                            kv.add_value(layer, pos, g, -2.0, &mut out[..hd]);
+                            for j in 0..hd {
+                                let want =
+                                    0.5 - 2.0 * dequantized(&kv.store, &v, g, hd, v[g * hd + j]);
+                                assert!(
+                                    (f64::from(out[j]) - want).abs() <= 1e-5,
+                                    "hd {hd} layer {layer} g {g} pos {pos} j {j}"
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -643,16 +643,13 @@ fn attend(
             for head in 0..nh {
                 let g = head / group;
                 let qh = &q[head * hd..(head + 1) * hd];
+                kv.key_scores(layer, g, qh, live);
                 let mut max = f32::NEG_INFINITY;
-                for (p, s) in live.iter_mut().enumerate() {
-                    *s = kv.dot_key(layer, p, g, qh) * scale;
+                for s in live.iter_mut() {
+                    *s *= scale;
                     max = max.max(*s);
                 }
-                let mut sum = 0.0f64;
-                for s in live.iter_mut() {
-                    *s = libm::expf(*s - max);
-                    sum += f64::from(*s);
-                }
+                let sum = ops::exp_shifted_sum(live, max);
                 let norm = (1.0 / sum) as f32;
                 let oh = &mut out[head * hd..(head + 1) * hd];
                 oh.fill(0.0);

@@ -273,14 +273,21 @@ fn run_blob(a: &RunArgs) -> anyhow::Result<()> {
     let decode_s = t1.elapsed().as_secs_f64();
     text.push(&[], &mut out)?;
     writeln!(out)?;
+    // The first generated token is sampled from the prefill's logits, so
+    // `n` generated tokens took `n - 1` decode steps: the rate counts steps.
+    let steps = generated.len().saturating_sub(1);
+    let rate = if steps == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.1}", steps as f64 / decode_s.max(1e-9))
+    };
     eprintln!(
-        "prefill: {} tokens in {:.3} s ({:.1} tokens/s); decode: {} tokens in {:.3} s ({:.1} tokens/s)",
+        "prefill: {} tokens in {:.3} s ({:.1} tokens/s); generated {} tokens: {steps} decode steps in {:.3} s ({rate} tokens/s)",
         ids.len(),
         prefill_s,
         ids.len() as f64 / prefill_s,
         generated.len(),
         decode_s,
-        generated.len().saturating_sub(1) as f64 / decode_s.max(1e-9)
     );
     Ok(())
 }
