@@ -594,9 +594,11 @@ impl<'a> Runtime<'a> {
             }
             ops::linear_forward(&b.ffn_gate, h, n, gate, scratch, act);
             ops::linear_forward(&b.ffn_up, h, n, up, scratch, act);
-            gate.iter_mut()
-                .zip(up.iter())
-                .for_each(|(g, u)| *g = ops::silu(*g) * u);
+            crate::kernels::vectorized(
+                crate::kernels::selected(),
+                #[inline(always)]
+                || ops::silu_mul(gate, up),
+            );
             ops::linear_forward(&b.ffn_down, gate, n, out, scratch, act);
             x.iter_mut().zip(out.iter()).for_each(|(a, o)| *a += o);
         }

@@ -1,8 +1,9 @@
 //! The float operations of a decoder step, written once for the runtime:
-//! RMSNorm, RoPE, SiLU, row-table dot products and the dense fallback of a
-//! linear layer. They follow nq-host's f32 reference (`model::forward`)
-//! operation for operation where that matters for agreement (f64 mean of
-//! squares in RMSNorm, f64 RoPE angles, f64 softmax sum).
+//! RMSNorm, RoPE, SiLU, the softmax exp, row-table dot products and the
+//! dense fallback of a linear layer. They follow nq-host's f32 reference
+//! (`model::forward`) operation for operation where that matters for
+//! agreement (f64 mean of squares in RMSNorm, f64 RoPE angles, f64 softmax
+//! sum); `exp` is a vectorizing polynomial within 2 f32 epsilons of e^x.
 
 use super::ActPrecision;
 use crate::blob::Embedding;
@@ -81,55 +82,59 @@ pub(crate) fn rope_row(row: &mut [f32], cs: &[f32]) {
     }
 }
 
-/// SiLU: `x · σ(x)`.
-#[inline]
-pub(crate) fn silu(x: f32) -> f32 {
-    x / (1.0 + libm::expf(-x))
-}
-
-/// `s = exp(s - max)` in place for softmax scores (all `s ≤ max`), and
-/// `Σ s` in f64.
-///
-/// A branch-free exp that vectorizes: `2^n · e^r` with `n = round(x / ln 2)`
-/// (Cody–Waite split of ln 2) and a degree-7 Taylor polynomial on
-/// `|r| ≤ ln 2 / 2` (truncation below 6e-9 relative; with rounding, the
-/// tests bound it by 2 f32 epsilons). Inputs below −87 are taken as −87 (e^−87 ≈ 1.6e-38,
-/// nothing next to the maximum's 1). Plain IEEE operations in a fixed
-/// order: the same bits on every target. The sum runs in 8 f64 lanes.
+/// `e^x`, branch-free so loops over it vectorize: `2^n · e^r` with
+/// `n = round(x / ln 2)` (Cody–Waite split of ln 2) and a degree-7 Taylor
+/// polynomial on `|r| ≤ ln 2 / 2` (truncation below 6e-9 relative; with
+/// rounding, the tests bound the error by 2 f32 epsilons). `x` is clamped
+/// to [−87, 88] first (e^−87 ≈ 1.6e-38, e^88 ≈ 1.7e38: no subnormal or
+/// infinite results). Plain IEEE operations in a fixed order: the same
+/// bits on every target and at every vector width.
 #[inline(always)]
-pub(crate) fn exp_shifted_sum(scores: &mut [f32], max: f32) -> f64 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75; // 0x3f317200: n · LN2_HI is exact
     const LN2_LO: f32 = 1.428_606_8e-6; // ln 2 − LN2_HI
                                         // 1.5 · 2^23: adding it rounds a |x| < 2^22 to an integer (to nearest,
                                         // ties to even) in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * core::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // n ∈ [−126, 127]: a normal power of two.
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `s = exp(s - max)` in place for softmax scores (all `s ≤ max`, so no
+/// term exceeds 1), and `Σ s` in f64, 8 lanes of accumulators.
+#[inline(always)]
+pub(crate) fn exp_shifted_sum(scores: &mut [f32], max: f32) -> f64 {
     let mut lanes = [0.0f64; 8];
     let mut chunks = scores.chunks_exact_mut(8);
-    let exp = |s: f32| {
-        let x = (s - max).max(-87.0);
-        let n = (x * core::f32::consts::LOG2_E + ROUND) - ROUND;
-        let r = (x - n * LN2_HI) - n * LN2_LO;
-        let p = 1.0
-            + r * (1.0
-                + r * (0.5
-                    + r * (1.0 / 6.0
-                        + r * (1.0 / 24.0
-                            + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-        // n ∈ [−126, 0]: a normal power of two.
-        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-    };
     for c in chunks.by_ref() {
         for (l, s) in lanes.iter_mut().zip(c) {
-            *s = exp(*s);
+            *s = exp(*s - max);
             *l += f64::from(*s);
         }
     }
     let mut tail = 0.0f64;
     for s in chunks.into_remainder() {
-        *s = exp(*s);
+        *s = exp(*s - max);
         tail += f64::from(*s);
     }
     lanes.iter().sum::<f64>() + tail
+}
+
+/// `gate = SiLU(gate) ⊙ up`, element-wise (`SiLU(x) = x / (1 + e^−x)`).
+#[inline(always)]
+pub(crate) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp(-*g)) * u;
+    }
 }
 
 /// `Σ f16(row_j) · x_j` for little-endian f16 bytes, 16 lanes of
@@ -335,44 +340,74 @@ pub(crate) fn linear_forward(
 mod tests {
     use super::*;
 
-    /// The softmax exp against f64 `exp` over [−100, 0] (plus the chunk
-    /// tails), and its sum against the f64 sum of what it wrote.
+    /// `exp` against f64 `exp` on [−87, 88] (the clamps outside), and the
+    /// softmax's shifted exp and sum (chunks and tails) against it.
     #[test]
-    fn softmax_exp_is_within_2_epsilons() {
+    fn exp_is_within_2_epsilons() {
+        let tol = 2.0 * f64::from(f32::EPSILON);
+        for i in 0..=20_000 {
+            let x = -90.0 + i as f32 * 0.009_1;
+            let got = f64::from(exp(x));
+            let want = libm::exp(f64::from(x.clamp(-87.0, 88.0)));
+            assert!(
+                ((got - want) / want).abs() <= tol,
+                "exp({x}) = {got}, want {want}"
+            );
+        }
+        for x in [
+            0.0f32,
+            -0.0,
+            1e-30,
+            -1e-7,
+            0.5,
+            -0.5,
+            1.0,
+            core::f32::consts::LN_2,
+        ] {
+            let want = libm::exp(f64::from(x));
+            assert!(((f64::from(exp(x)) - want) / want).abs() <= tol, "exp({x})");
+        }
+        assert_eq!(exp(0.0), 1.0);
         for len in [0usize, 1, 7, 8, 9, 23, 1000] {
             let max = 2.5f32;
-            let mut s = [0.0f32; 1000];
             let xs: [f32; 1000] = core::array::from_fn(|i| {
-                // Spread over [−100, 0], with exact zeros and tiny offsets.
                 let t = (i as f32 * 0.618_034).fract();
                 match i % 7 {
-                    0 => 0.0,
-                    1 => -t * 1e-6,
-                    _ => -t * 100.0,
+                    0 => max,
+                    1 => max - t * 1e-6,
+                    _ => max - t * 100.0,
                 }
             });
-            for (o, &x) in s.iter_mut().zip(&xs) {
-                *o = max + x;
-            }
+            let mut s = xs;
             let sum = exp_shifted_sum(&mut s[..len], max);
             let mut want_sum = 0.0f64;
             for i in 0..len {
-                let x = f64::from(s[i]);
-                want_sum += x;
-                let arg = f64::from(max + xs[i]) - f64::from(max);
-                if arg < -87.0 {
-                    assert!(x > 0.0 && x <= 1.7e-38, "exp({arg}) = {x}");
-                    continue;
-                }
-                let want = libm::exp(arg);
-                assert!(
-                    ((x - want) / want).abs() <= 2.0 * f64::from(f32::EPSILON),
-                    "exp({arg}) = {x}, want {want}"
-                );
+                assert_eq!(s[i], exp(xs[i] - max), "{i}");
+                want_sum += f64::from(s[i]);
             }
             assert!(
                 (sum - want_sum).abs() <= 1e-12 * want_sum.max(1.0),
                 "{sum} vs {want_sum}"
+            );
+        }
+    }
+
+    /// `silu_mul` against `x · σ(x) · u` in f64, including saturated gates
+    /// (below −88 the clamped exp leaves |result| < 1e-35 instead of ≈ 0).
+    #[test]
+    fn silu_mul_matches_f64() {
+        let gate: [f32; 301] = core::array::from_fn(|i| (i as f32 - 150.0) * 0.7);
+        let up: [f32; 301] = core::array::from_fn(|i| libm::cosf(i as f32));
+        let mut got = gate;
+        silu_mul(&mut got, &up);
+        for i in 0..gate.len() {
+            let x = f64::from(gate[i]);
+            let want = x / (1.0 + libm::exp(-x)) * f64::from(up[i]);
+            assert!(
+                (f64::from(got[i]) - want).abs() <= 4e-7 * want.abs() + 1e-35,
+                "silu({x}) · {} = {}, want {want}",
+                up[i],
+                got[i]
             );
         }
     }
