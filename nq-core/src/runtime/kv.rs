@@ -109,93 +109,230 @@ impl KvCache<'_> {
         }
     }
 
-    /// `out[p] = q · K[layer, p, head g]` for the positions `p < out.len()`.
+    /// Sets `scores[i·stride + p] = qs[i] · K[layer, p, head g]` for the query
+    /// heads `qs` (`m · head_dim` values, all attending to kv head `g`) and
+    /// the positions `p < n`, `HEADS_AT_ONCE` query heads per sweep over
+    /// the keys.
     ///
     /// Each position's dot is summed in dimension order, four dimensions a
-    /// step: `out[p] = (((… + q₀k₀ + q₁k₁) + q₂k₂) + q₃k₃) …`, the same on
-    /// every target. The loop over positions is what vectorizes.
+    /// step: `s += ((q₀k₀ + q₁k₁) + q₂k₂) + q₃k₃`, the same on every target
+    /// and for every grouping of heads. The loop over positions is
+    /// what vectorizes.
     #[inline(always)]
-    pub(crate) fn key_scores(&self, layer: usize, g: usize, q: &[f32], out: &mut [f32]) {
-        let (hd, nkv, ctx) = (self.head_dim, self.n_kv_heads, self.ctx);
+    pub(crate) fn key_scores(
+        &self,
+        layer: usize,
+        g: usize,
+        qs: &[f32],
+        scores: &mut [f32],
+        stride: usize,
+        n: usize,
+    ) {
+        let (hd, ctx) = (self.head_dim, self.ctx);
         let head = self.block(layer, false) + g * hd * ctx;
-        out.fill(0.0);
+        let mut rows = scores.chunks_mut(stride);
+        for q in qs.chunks(HEADS_AT_ONCE * hd) {
+            match q.len() / hd {
+                3 => self.key_scores_n::<3>(layer, g, head, q, &mut rows, n),
+                2 => self.key_scores_n::<2>(layer, g, head, q, &mut rows, n),
+                _ => self.key_scores_n::<1>(layer, g, head, q, &mut rows, n),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn key_scores_n<'r, const G: usize>(
+        &self,
+        layer: usize,
+        g: usize,
+        head: usize,
+        qs: &[f32],
+        rows: &mut impl Iterator<Item = &'r mut [f32]>,
+        n: usize,
+    ) {
+        let (hd, nkv, ctx) = (self.head_dim, self.n_kv_heads, self.ctx);
+        let mut outs: [&mut [f32]; G] = core::array::from_fn(|_| match rows.next() {
+            Some(r) => &mut r[..n],
+            None => &mut [],
+        });
+        let qs: [&[f32]; G] = core::array::from_fn(|i| &qs[i * hd..(i + 1) * hd]);
+        for o in outs.iter_mut() {
+            o.fill(0.0);
+        }
         match &self.store {
-            KvStore::F32(d) => {
-                columns_dot(&d[head..head + hd * ctx], ctx, q, out, |v| v);
-            }
-            KvStore::F16(d) => {
-                columns_dot(
-                    &d[head..head + hd * ctx],
-                    ctx,
-                    q,
-                    out,
-                    super::ops::f16_to_f32,
-                );
-            }
+            KvStore::F32(d) => columns_dot(&d[head..head + hd * ctx], ctx, qs, &mut outs, |v| v),
+            KvStore::F16(d) => columns_dot(
+                &d[head..head + hd * ctx],
+                ctx,
+                qs,
+                &mut outs,
+                super::ops::f16_to_f32,
+            ),
             KvStore::I8 { codes, scales } => {
-                columns_dot(&codes[head..head + hd * ctx], ctx, q, out, f32::from);
+                columns_dot(&codes[head..head + hd * ctx], ctx, qs, &mut outs, f32::from);
                 let first = self.row(layer, false, 0) * nkv + g;
-                for (o, s) in out.iter_mut().zip(scales[first..].iter().step_by(nkv)) {
-                    *o *= s;
+                for out in outs {
+                    for (o, s) in out.iter_mut().zip(scales[first..].iter().step_by(nkv)) {
+                        *o *= s;
+                    }
                 }
             }
         }
     }
 
-    /// `out += w · V[layer, pos, head g]`.
+    /// `outs[i] += Σ_p ws[i·stride + p] · V[layer, p, head g]` over the
+    /// positions `p < n`, for the query heads `i` (`outs`: `m · head_dim`
+    /// values), `HEADS_AT_ONCE` heads and four positions a step. Each
+    /// output value sums its terms in position order, the same on every
+    /// target and for every grouping.
     #[inline(always)]
-    pub(crate) fn add_value(&self, layer: usize, pos: usize, g: usize, w: f32, out: &mut [f32]) {
+    pub(crate) fn add_values(
+        &self,
+        layer: usize,
+        g: usize,
+        ws: &[f32],
+        stride: usize,
+        n: usize,
+        outs: &mut [f32],
+    ) {
+        let hd = self.head_dim;
+        let mut rows = ws.chunks(stride);
+        for out in outs.chunks_mut(HEADS_AT_ONCE * hd) {
+            match out.len() / hd {
+                3 => self.add_values_n::<3>(layer, g, &mut rows, n, out),
+                2 => self.add_values_n::<2>(layer, g, &mut rows, n, out),
+                _ => self.add_values_n::<1>(layer, g, &mut rows, n, out),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn add_values_n<'r, const G: usize>(
+        &self,
+        layer: usize,
+        g: usize,
+        rows: &mut impl Iterator<Item = &'r [f32]>,
+        n: usize,
+        outs: &mut [f32],
+    ) {
         let (hd, nkv) = (self.head_dim, self.n_kv_heads);
-        let row = self.row(layer, true, pos);
-        let base = row * hd * nkv + g * hd;
+        let ws: [&[f32]; G] = core::array::from_fn(|_| rows.next().map_or(&[][..], |r| &r[..n]));
+        let mut outs: [&mut [f32]; G] = {
+            let mut it = outs.chunks_exact_mut(hd);
+            core::array::from_fn(|_| it.next().unwrap_or_default())
+        };
+        let row0 = self.row(layer, true, 0);
+        let at = |p: usize| (row0 + p) * hd * nkv + g * hd;
         match &self.store {
             KvStore::F32(d) => {
-                for (o, &v) in out.iter_mut().zip(&d[base..base + hd]) {
-                    *o += w * v;
-                }
+                weighted_rows(n, |p| &d[at(p)..at(p) + hd], ws, &mut outs, |v| v, |_| 1.0)
             }
-            KvStore::F16(d) => {
-                for (o, &v) in out.iter_mut().zip(&d[base..base + hd]) {
-                    *o += w * super::ops::f16_to_f32(v);
-                }
-            }
-            KvStore::I8 { codes, scales } => {
-                let ws = w * scales[row * nkv + g];
-                for (o, &v) in out.iter_mut().zip(&codes[base..base + hd]) {
-                    *o += ws * f32::from(v);
-                }
-            }
+            KvStore::F16(d) => weighted_rows(
+                n,
+                |p| &d[at(p)..at(p) + hd],
+                ws,
+                &mut outs,
+                super::ops::f16_to_f32,
+                |_| 1.0,
+            ),
+            KvStore::I8 { codes, scales } => weighted_rows(
+                n,
+                |p| &codes[at(p)..at(p) + hd],
+                ws,
+                &mut outs,
+                f32::from,
+                |p| scales[(row0 + p) * nkv + g],
+            ),
         }
     }
 }
 
-/// `out[p] += Σ_j q[j] · conv(cols[j·stride + p])` for `p < out.len()`, over
-/// the `q.len()` columns of a dimension-major block, four columns a step.
+/// Query heads sharing one sweep over a kv head's keys or values: their
+/// loads and conversions are shared. Three keeps a sweep's accumulators
+/// and operands within 16 vector registers.
+pub(crate) const HEADS_AT_ONCE: usize = 3;
+
+/// `outs[i][p] += Σ_j qs[i][j] · conv(cols[j·stride + p])` over the
+/// columns of a dimension-major block, four columns a step.
 #[inline(always)]
-fn columns_dot<T: Copy>(
+fn columns_dot<T: Copy, const G: usize>(
     cols: &[T],
     stride: usize,
-    q: &[f32],
-    out: &mut [f32],
+    qs: [&[f32]; G],
+    outs: &mut [&mut [f32]; G],
     conv: impl Fn(T) -> f32,
 ) {
-    let n = out.len();
+    let n = outs[0].len();
+    let hd = qs[0].len();
+    for o in outs.iter_mut() {
+        *o = &mut core::mem::take(o)[..n];
+    }
     let col = |j: usize| &cols[j * stride..j * stride + n];
-    let mut quads = q.chunks_exact(4);
     let mut j = 0;
-    for qs in quads.by_ref() {
-        let (q0, q1, q2, q3) = (qs[0], qs[1], qs[2], qs[3]);
+    while j + 4 <= hd {
         let (c0, c1, c2, c3) = (col(j), col(j + 1), col(j + 2), col(j + 3));
-        for ((((o, &a), &b), &c), &d) in out.iter_mut().zip(c0).zip(c1).zip(c2).zip(c3) {
-            *o += ((q0 * conv(a) + q1 * conv(b)) + q2 * conv(c)) + q3 * conv(d);
+        let q: [[f32; 4]; G] =
+            core::array::from_fn(|i| [qs[i][j], qs[i][j + 1], qs[i][j + 2], qs[i][j + 3]]);
+        for p in 0..n {
+            let k = [conv(c0[p]), conv(c1[p]), conv(c2[p]), conv(c3[p])];
+            for (o, q) in outs.iter_mut().zip(&q) {
+                o[p] += ((q[0] * k[0] + q[1] * k[1]) + q[2] * k[2]) + q[3] * k[3];
+            }
         }
         j += 4;
     }
-    for &qj in quads.remainder() {
-        for (o, &a) in out.iter_mut().zip(col(j)) {
-            *o += qj * conv(a);
+    while j < hd {
+        let c = col(j);
+        for p in 0..n {
+            let k = conv(c[p]);
+            for (o, q) in outs.iter_mut().zip(&qs) {
+                o[p] += q[j] * k;
+            }
         }
         j += 1;
+    }
+}
+
+/// `outs[i][c] += Σ_p (ws[i][p] · scale(p)) · conv(row(p)[c])` over the
+/// positions `p < n`, summed in position order, four positions a step.
+#[inline(always)]
+fn weighted_rows<'a, T: Copy + 'a, const G: usize>(
+    n: usize,
+    row: impl Fn(usize) -> &'a [T],
+    ws: [&[f32]; G],
+    outs: &mut [&mut [f32]; G],
+    conv: impl Fn(T) -> f32,
+    scale: impl Fn(usize) -> f32,
+) {
+    let hd = outs[0].len();
+    for o in outs.iter_mut() {
+        *o = &mut core::mem::take(o)[..hd];
+    }
+    let mut p = 0;
+    while p + 4 <= n {
+        let (r0, r1, r2, r3) = (row(p), row(p + 1), row(p + 2), row(p + 3));
+        let s = [scale(p), scale(p + 1), scale(p + 2), scale(p + 3)];
+        let w: [[f32; 4]; G] =
+            core::array::from_fn(|i| core::array::from_fn(|t| ws[i][p + t] * s[t]));
+        for c in 0..hd {
+            let v = [conv(r0[c]), conv(r1[c]), conv(r2[c]), conv(r3[c])];
+            for (o, w) in outs.iter_mut().zip(&w) {
+                o[c] = (((o[c] + w[0] * v[0]) + w[1] * v[1]) + w[2] * v[2]) + w[3] * v[3];
+            }
+        }
+        p += 4;
+    }
+    while p < n {
+        let r = row(p);
+        let s = scale(p);
+        let w: [f32; G] = core::array::from_fn(|i| ws[i][p] * s);
+        for c in 0..hd {
+            let v = conv(r[c]);
+            for (o, w) in outs.iter_mut().zip(&w) {
+                o[c] += w * v;
+            }
+        }
+        p += 1;
     }
 }
 
@@ -225,12 +362,15 @@ mod tests {
         }
     }
 
-    /// Keys and values of every (layer, position) stored, then read back:
+    /// Keys and values of every (layer, position) stored, then read back
+    /// for `M` query heads at once (grouped by `HEADS_AT_ONCE` inside):
     /// `key_scores` for every live length against an f64 dot of the
-    /// dequantized keys, and `add_value` against the dequantized values —
-    /// for every storage type and head sizes on and off the 4-column step.
+    /// dequantized keys, `add_values` against an f64 weighted sum of the
+    /// dequantized values, and both bit for bit against one head at a time
+    /// — for every storage type and head sizes on and off the 4-column step.
     #[test]
     fn stored_keys_and_values_read_back() {
+        const M: usize = 5;
         for hd in [1usize, 3, 4, 7, 13, 64, 70] {
             let kvd = hd * NKV;
             // Distinct rows for every (layer, K/V, position).
@@ -238,8 +378,10 @@ mod tests {
                 let seed = (layer * 2 + usize::from(value)) * CTX + pos;
                 core::array::from_fn(|i| libm::sinf(i as f32 * 0.7 + seed as f32 * 1.3) * 3.0)
             };
-            let q: [f32; 70] = core::array::from_fn(|j| libm::cosf(j as f32 * 0.3) - 0.2);
-            let q = &q[..hd];
+            let qs: [f32; M * 70] =
+                core::array::from_fn(|j| libm::cosf(j as f32 * 0.3) - 0.2 * (j % 3) as f32);
+            let qs = &qs[..M * hd];
+            let ws: [f32; M * CTX] = core::array::from_fn(|i| 0.1 + (i % 7) as f32 * 0.13);
             let (mut f32s, mut f16s, mut codes, mut scales) = (
                 [0.0f32; MAX],
                 [0u16; MAX],
@@ -268,36 +410,49 @@ mod tests {
                         }
                     }
                 }
+                let deq = |r: &[f32; 140], g: usize, j: usize| {
+                    dequantized(&kv.store, r, g, hd, r[g * hd + j])
+                };
                 for layer in 0..LAYERS {
                     for g in 0..NKV {
                         for n in 1..=CTX {
-                            let mut got = [0.0f32; CTX];
-                            kv.key_scores(layer, g, q, &mut got[..n]);
-                            for (p, &got) in got[..n].iter().enumerate() {
-                                let k = row(layer, false, p);
-                                let terms = (0..hd).map(|j| {
-                                    dequantized(&kv.store, &k, g, hd, k[g * hd + j])
-                                        * f64::from(q[j])
-                                });
-                                let want: f64 = terms.clone().sum();
-                                let mag: f64 = terms.map(f64::abs).sum();
-                                assert!(
-                                    (f64::from(got) - want).abs() <= 1e-6 * mag + 1e-30,
-                                    "hd {hd} layer {layer} g {g} n {n} p {p}: {got} vs {want}"
-                                );
+                            let mut got = [7.0f32; M * CTX]; // overwritten, not added to
+                            kv.key_scores(layer, g, qs, &mut got, CTX, n);
+                            for i in 0..M {
+                                let q = &qs[i * hd..(i + 1) * hd];
+                                let mut one = [-3.0f32; CTX];
+                                kv.key_scores(layer, g, q, &mut one, CTX, n);
+                                assert_eq!(got[i * CTX..i * CTX + n], one[..n], "grouped keys");
+                                for p in 0..n {
+                                    let k = row(layer, false, p);
+                                    let terms = (0..hd).map(|j| deq(&k, g, j) * f64::from(q[j]));
+                                    let want: f64 = terms.clone().sum();
+                                    let mag: f64 = terms.map(f64::abs).sum();
+                                    let got = f64::from(got[i * CTX + p]);
+                                    assert!(
+                                        (got - want).abs() <= 1e-6 * mag + 1e-30,
+                                        "hd {hd} layer {layer} g {g} n {n} p {p}: {got} vs {want}"
+                                    );
+                                }
                             }
-                        }
-                        for pos in 0..CTX {
-                            let v = row(layer, true, pos);
-                            let mut out = [0.5f32; 70];
-                            kv.add_value(layer, pos, g, -2.0, &mut out[..hd]);
-                            for j in 0..hd {
-                                let want =
-                                    0.5 - 2.0 * dequantized(&kv.store, &v, g, hd, v[g * hd + j]);
-                                assert!(
-                                    (f64::from(out[j]) - want).abs() <= 1e-5,
-                                    "hd {hd} layer {layer} g {g} pos {pos} j {j}"
-                                );
+                            let mut out = [0.5f32; M * 70];
+                            kv.add_values(layer, g, &ws, CTX, n, &mut out[..M * hd]);
+                            for i in 0..M {
+                                let mut one = [0.5f32; 70];
+                                kv.add_values(layer, g, &ws[i * CTX..], CTX, n, &mut one[..hd]);
+                                assert_eq!(out[i * hd..(i + 1) * hd], one[..hd], "grouped values");
+                                for j in 0..hd {
+                                    let terms = (0..n).map(|p| {
+                                        f64::from(ws[i * CTX + p]) * deq(&row(layer, true, p), g, j)
+                                    });
+                                    let want = 0.5 + terms.clone().sum::<f64>();
+                                    let mag = 0.5 + terms.map(f64::abs).sum::<f64>();
+                                    let got = f64::from(out[i * hd + j]);
+                                    assert!(
+                                        (got - want).abs() <= 1e-6 * mag,
+                                        "hd {hd} layer {layer} g {g} n {n} j {j}: {got} vs {want}"
+                                    );
+                                }
                             }
                         }
                     }

@@ -38,7 +38,7 @@
 //! | k, v    | `batch · kv_dim` f32 each              |
 //! | gate, up | `batch · d_ffn` f32 each              |
 //! | rope    | `batch · head_dim` f32                 |
-//! | scores  | `ctx` f32                              |
+//! | scores  | `min(n_heads / n_kv_heads, 3) · ctx` f32 |
 //! | logits  | `vocab_size` f32                       |
 //! | scratch | the largest kernel scratch of any linear (rank bounded by its shape) at the chosen [`ActPrecision`] |
 //!
@@ -194,7 +194,7 @@ struct Plan {
     f: usize,
     hd: usize,
     batch: usize,
-    ctx: usize,
+    scores: usize,
     vocab: usize,
     scratch: usize,
 }
@@ -242,7 +242,9 @@ impl Plan {
             f,
             hd: c.head_dim as usize,
             batch,
-            ctx,
+            scores: ctx.checked_mul(
+                (c.n_heads as usize / (c.n_kv_heads as usize).max(1)).clamp(1, kv::HEADS_AT_ONCE),
+            )?,
             vocab: c.vocab_size as usize,
             scratch,
         })
@@ -263,7 +265,7 @@ impl Plan {
             b(self.f),    // gate
             b(self.f),    // up
             b(self.hd),   // rope
-            self.ctx,     // scores
+            self.scores,  // scores
             self.vocab,   // logits
             self.scratch, // scratch
         ]
@@ -619,7 +621,10 @@ impl<'a> Runtime<'a> {
     }
 }
 
-/// Causal attention of one query row at position `pos` over the cache.
+/// Causal attention of one query row at position `pos` over the cache:
+/// the query heads of each kv head in groups of up to
+/// [`kv::HEADS_AT_ONCE`], one sweep over the keys and one over the values
+/// per group. `scores` holds a group's rows, `ctx` values apart.
 fn attend(
     kv: &KvCache<'_>,
     c: &ModelConfig,
@@ -634,6 +639,7 @@ fn attend(
         c.n_kv_heads as usize,
         c.head_dim as usize,
     );
+    let (n, stride) = (pos + 1, kv.ctx);
     // The score and value loops vectorize with the kernel's vector frame.
     crate::kernels::vectorized(
         crate::kernels::selected(),
@@ -641,22 +647,28 @@ fn attend(
         || {
             let group = nh / nkv;
             let scale = 1.0 / libm::sqrtf(hd as f32);
-            let live = &mut scores[..=pos];
-            for head in 0..nh {
-                let g = head / group;
-                let qh = &q[head * hd..(head + 1) * hd];
-                kv.key_scores(layer, g, qh, live);
-                let mut max = f32::NEG_INFINITY;
-                for s in live.iter_mut() {
-                    *s *= scale;
-                    max = max.max(*s);
-                }
-                let sum = ops::exp_shifted_sum(live, max);
-                let norm = (1.0 / sum) as f32;
-                let oh = &mut out[head * hd..(head + 1) * hd];
-                oh.fill(0.0);
-                for (p, &s) in live.iter().enumerate() {
-                    kv.add_value(layer, p, g, s * norm, oh);
+            for g in 0..nkv {
+                let heads = g * group..(g + 1) * group;
+                for h0 in heads.clone().step_by(kv::HEADS_AT_ONCE) {
+                    let m = kv::HEADS_AT_ONCE.min(heads.end - h0);
+                    let qs = &q[h0 * hd..(h0 + m) * hd];
+                    kv.key_scores(layer, g, qs, scores, stride, n);
+                    for row in scores.chunks_mut(stride).take(m) {
+                        let live = &mut row[..n];
+                        let mut max = f32::NEG_INFINITY;
+                        for s in live.iter_mut() {
+                            *s *= scale;
+                            max = max.max(*s);
+                        }
+                        let sum = ops::exp_shifted_sum(live, max);
+                        let norm = (1.0 / sum) as f32;
+                        for s in live.iter_mut() {
+                            *s *= norm;
+                        }
+                    }
+                    let outs = &mut out[h0 * hd..(h0 + m) * hd];
+                    outs.fill(0.0);
+                    kv.add_values(layer, g, scores, stride, n, outs);
                 }
             }
         },
