@@ -1,6 +1,8 @@
-//! The key/value cache: one row of `kv_dim` values per (layer, K or V,
-//! position), stored as f32, f16 or int8 with one f32 scale per
-//! (row, kv head) — the caller trades RAM for accuracy.
+//! The key/value cache: `kv_dim` values per (layer, K or V, position),
+//! stored as f32, f16 or int8 with one f32 scale per (layer, K or V,
+//! position, kv head) — the caller trades RAM for accuracy. Values are
+//! position-major, keys dimension-major within each head (see
+//! [`KvCache::store`]).
 
 use half::f16;
 
