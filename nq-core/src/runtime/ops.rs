@@ -91,10 +91,12 @@ pub(crate) fn rope_row(row: &mut [f32], cs: &[f32]) {
 /// bits on every target and at every vector width.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75; // 0x3f317200: n · LN2_HI is exact
-    const LN2_LO: f32 = 1.428_606_8e-6; // ln 2 − LN2_HI
-                                        // 1.5 · 2^23: adding it rounds a |x| < 2^22 to an integer (to nearest,
-                                        // ties to even) in the low mantissa bits.
+    // LN2_HI = 0x3f317200 has 14 significant bits, so n · LN2_HI is exact;
+    // LN2_LO = ln 2 − LN2_HI.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 · 2^23: adding it rounds a |x| < 2^22 to an integer (to nearest,
+    // ties to even) in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
     let n = (x * core::f32::consts::LOG2_E + ROUND) - ROUND;
