@@ -8,7 +8,7 @@
 # without `defmt` and for Cortex-M0+ (thumbv6m-none-eabi), the Cortex-M7
 # firmware example under qemu-system-arm, the board benchmark example, and
 # nq-core's tests on aarch64 under qemu-user, once on a CPU with dotprod and
-# once without. docs/CI.md has the list and the reasons.
+# I8MM and once without. docs/CI.md has the list and the reasons.
 #
 # First it installs what a fresh Debian machine lacks (rustup components and
 # targets, the aarch64 cross gcc, qemu), skipping whatever is already there.
@@ -206,7 +206,8 @@ set_up() {
 
 # The aarch64 runs are only worth two runs if the two CPU models differ where
 # the kernels care: check that qemu's `max` CPU reports dotprod (HWCAP_ASIMDDP)
-# and cortex-a72 does not, with a tiny C program read through getauxval.
+# and I8MM (HWCAP2_I8MM) and cortex-a72 neither, with a tiny C program read
+# through getauxval.
 check_qemu_cpus() {
     local dir max a72
     dir=$(mktemp -d)
@@ -214,8 +215,9 @@ check_qemu_cpus() {
 #include <stdio.h>
 #include <sys/auxv.h>
 int main(void) {
-    unsigned long hwcap = getauxval(AT_HWCAP);
-    printf("asimd=%d dotprod=%d\n", !!(hwcap & (1UL << 1)), !!(hwcap & (1UL << 20)));
+    unsigned long hwcap = getauxval(AT_HWCAP), hwcap2 = getauxval(AT_HWCAP2);
+    printf("asimd=%d dotprod=%d i8mm=%d\n", !!(hwcap & (1UL << 1)), !!(hwcap & (1UL << 20)),
+           !!(hwcap2 & (1UL << 13)));
     return 0;
 }
 EOF
@@ -225,8 +227,8 @@ EOF
     rm -rf "$dir"
     echo "    QEMU_CPU=max:        $max"
     echo "    QEMU_CPU=cortex-a72: $a72"
-    if [[ $max != *"dotprod=1"* || $a72 != *"dotprod=0"* ]]; then
-        echo "error: expected dotprod on QEMU_CPU=max and not on cortex-a72" >&2
+    if [[ $max != *"dotprod=1 i8mm=1"* || $a72 != *"dotprod=0 i8mm=0"* ]]; then
+        echo "error: expected dotprod and i8mm on QEMU_CPU=max, neither on cortex-a72" >&2
         return 1
     fi
 }
@@ -291,7 +293,7 @@ firmware_generates_in_qemu() {
     [[ -n "$device" && "$device" == "$host" ]]
 }
 
-# The runtime on aarch64 (qemu-user, NEON/dotprod kernels) must generate
+# The runtime on aarch64 (qemu-user, NEON/dotprod/I8MM kernels) must generate
 # the same greedy ids from the tiny blob as the x86 host runtime.
 aarch64_runtime_matches_host() {
     local dir ids rc=0
@@ -363,8 +365,8 @@ bgemm_bench_smoke() {
 }
 
 # The same benchmark cross-built for an aarch64 board, under qemu-aarch64 on
-# both CPU models: NEON everywhere, the dotprod kernel only where the CPU
-# has it. (Emulated timings mean nothing; this checks that it runs.)
+# both CPU models: NEON everywhere, the dotprod and I8MM kernels only where
+# the CPU has them. (Emulated timings mean nothing; this checks that it runs.)
 bgemm_bench_aarch64() {
     local exe=examples/bgemm-bench/target/aarch64-unknown-linux-gnu/release/bgemm-bench
     (cd examples/bgemm-bench &&
@@ -373,10 +375,11 @@ bgemm_bench_aarch64() {
             cargo build -q --release --target aarch64-unknown-linux-gnu) || return 1
     local args=(--shape 192x576 --bpw 1 --batch 1 --batch 16 --min-ms 1 --format json)
     QEMU_CPU=max "${QEMU_AARCH64[@]}" "$exe" "${args[@]}" |
-        check_bgemm_json portable,neon,neon-dotprod || return 1
+        check_bgemm_json portable,neon,neon-dotprod,neon-i8mm || return 1
     QEMU_CPU=cortex-a72 "${QEMU_AARCH64[@]}" "$exe" "${args[@]}" --kernel portable --kernel neon |
         check_bgemm_json portable,neon || return 1
-    ! QEMU_CPU=cortex-a72 "${QEMU_AARCH64[@]}" "$exe" --kernel neon-dotprod 2>/dev/null
+    ! QEMU_CPU=cortex-a72 "${QEMU_AARCH64[@]}" "$exe" --kernel neon-dotprod 2>/dev/null &&
+        ! QEMU_CPU=cortex-a72 "${QEMU_AARCH64[@]}" "$exe" --kernel neon-i8mm 2>/dev/null
 }
 
 # nq-cuda's kernel sources must compile to PTX (NVRTC) and SASS (ptxas) on
@@ -458,13 +461,13 @@ step "clippy: examples/bgemm-bench, -D warnings" \
 step "test+run: examples/bgemm-bench (unit tests; JSON rows for every kernel and dense f32)" \
     bgemm_bench_smoke
 
-step "aarch64: qemu CPU models (max has dotprod, cortex-a72 lacks it)" check_qemu_cpus
+step "aarch64: qemu CPU models (max has dotprod and i8mm, cortex-a72 neither)" check_qemu_cpus
 step "clippy: nq-core for aarch64 --features std, all targets, -D warnings" \
     cargo clippy -p nq-core --features std --target aarch64-unknown-linux-gnu --all-targets \
     -- -D warnings
-step "test: nq-core on aarch64 under qemu, QEMU_CPU=max (dotprod)" \
+step "test: nq-core on aarch64 under qemu, QEMU_CPU=max (dotprod, i8mm)" \
     env QEMU_CPU=max cargo test -p nq-core --features std --target aarch64-unknown-linux-gnu
-step "test: nq-core on aarch64 under qemu, QEMU_CPU=cortex-a72 (no dotprod)" \
+step "test: nq-core on aarch64 under qemu, QEMU_CPU=cortex-a72 (no dotprod, no i8mm)" \
     env QEMU_CPU=cortex-a72 cargo test -p nq-core --features std --target aarch64-unknown-linux-gnu
 step "run: runtime on aarch64 under qemu, greedy ids equal the x86 host runtime's" \
     aarch64_runtime_matches_host

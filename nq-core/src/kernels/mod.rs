@@ -33,7 +33,10 @@
 //!   (AVX-512 VNNI) or `SDOT` (Armv8.2 dotprod): `A = Σq − 2·(β · q)`.
 //!   On AVX-512, a full chunk of 16 tokens sends 4 of them through the
 //!   lookup tables instead, in the same loop: the lookups use shuffle ports
-//!   the dot products leave idle (`x86_64/avx512.rs`).
+//!   the dot products leave idle (`x86_64/avx512.rs`). With Armv8.6 I8MM,
+//!   `SMMLA` multiplies two rows' `β` by two tokens' activations as 2×8 by
+//!   8×2 matrices, twice `SDOT`'s multiply-adds per instruction
+//!   (`aarch64/i8mm.rs`).
 //!
 //! Nothing here allocates: the caller passes a `&mut [f32]` scratch buffer of
 //! at least [`FactorizedLinear::forward_scratch_len`] /
@@ -127,16 +130,20 @@ pub enum Kernel {
     /// aarch64 NEON with dotprod: `tbl` lookups for batch 1, `SDOT` for
     /// batches.
     NeonDotprod,
+    /// aarch64 NEON with dotprod and I8MM: `tbl` lookups for batch 1,
+    /// `SMMLA` 2×2 matrix products for batches (`SDOT` for a lone token).
+    NeonI8mm,
 }
 
 impl Kernel {
     /// Every kernel, in order of preference (last is best where available).
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 6] = [
         Kernel::Portable,
         Kernel::Avx2,
         Kernel::Avx512,
         Kernel::Neon,
         Kernel::NeonDotprod,
+        Kernel::NeonI8mm,
     ];
 
     /// A short lower-case name (`"portable"`, `"avx2"`, …).
@@ -147,6 +154,7 @@ impl Kernel {
             Kernel::Avx512 => "avx512",
             Kernel::Neon => "neon",
             Kernel::NeonDotprod => "neon-dotprod",
+            Kernel::NeonI8mm => "neon-i8mm",
         }
     }
 
@@ -163,6 +171,8 @@ impl Kernel {
             Kernel::Neon => aarch64::neon::is_available(),
             #[cfg(target_arch = "aarch64")]
             Kernel::NeonDotprod => aarch64::dotprod::is_available(),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::NeonI8mm => aarch64::i8mm::is_available(),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -175,6 +185,7 @@ impl Kernel {
             Kernel::Avx512 => 3,
             Kernel::Neon => 4,
             Kernel::NeonDotprod => 5,
+            Kernel::NeonI8mm => 6,
         }
     }
 
@@ -311,9 +322,9 @@ fn lut_product(
             unsafe { x86_64::avx2::lut_product(signs, tables, batch, acc) }
         }
         #[cfg(target_arch = "aarch64")]
-        Kernel::Neon | Kernel::NeonDotprod => {
-            // SAFETY: `int_product` asserted availability (dotprod here
-            // implies NEON) and the buffer lengths.
+        Kernel::Neon | Kernel::NeonDotprod | Kernel::NeonI8mm => {
+            // SAFETY: `int_product` asserted availability (dotprod and
+            // I8MM here imply NEON) and the buffer lengths.
             unsafe { aarch64::neon::lut_product(signs, tables, batch, acc) }
         }
         #[allow(unreachable_patterns)]
@@ -390,6 +401,13 @@ fn dot_product(
             // `q` is interleaved with this kernel's chunk size.
             unsafe { aarch64::dotprod::dot_product(signs, q, qsum, batch, acc) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonI8mm => {
+            // No mixed tiles here either.
+            let _ = lut;
+            // SAFETY: as for NeonDotprod (the same chunk size of 4).
+            unsafe { aarch64::i8mm::dot_product(signs, q, qsum, batch, acc) }
+        }
         _ => unreachable!("kernel {kernel} has no dot-product path"),
     }
 }
@@ -397,7 +415,10 @@ fn dot_product(
 /// Whether `kernel` multiplies a batch of `batch` tokens through lookup
 /// tables (else through dot products on `q`).
 pub(crate) fn uses_tables(kernel: Kernel, batch: usize) -> bool {
-    !matches!(kernel, Kernel::Avx512 | Kernel::NeonDotprod) || batch == 1
+    !matches!(
+        kernel,
+        Kernel::Avx512 | Kernel::NeonDotprod | Kernel::NeonI8mm
+    ) || batch == 1
 }
 
 /// Runs `f` inside a function compiled for the vector extension `kernel`
@@ -434,8 +455,8 @@ pub(crate) fn build_tables_for(kernel: Kernel, q: &[i8], out: &mut [i16]) {
             unsafe { x86_64::avx2::build_tables(q, out) }
         }
         #[cfg(target_arch = "aarch64")]
-        Kernel::Neon | Kernel::NeonDotprod if kernel.is_available() => {
-            // SAFETY: both kernels imply NEON; the length is asserted above.
+        Kernel::Neon | Kernel::NeonDotprod | Kernel::NeonI8mm if kernel.is_available() => {
+            // SAFETY: these kernels imply NEON; the length is asserted above.
             unsafe { aarch64::neon::build_tables(q, out) }
         }
         _ => quant::build_tables(table_layout(kernel), q, out),
@@ -448,7 +469,7 @@ fn dot_chunk_max(kernel: Kernel) -> usize {
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => x86_64::avx512::CHUNK,
-        Kernel::NeonDotprod => 4,
+        Kernel::NeonDotprod | Kernel::NeonI8mm => 4,
         _ => 1,
     }
 }

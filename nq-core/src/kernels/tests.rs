@@ -479,6 +479,7 @@ kernel_tests! {
     avx512 => Kernel::Avx512,
     neon => Kernel::Neon,
     neon_dotprod => Kernel::NeonDotprod,
+    neon_i8mm => Kernel::NeonI8mm,
 }
 
 #[test]

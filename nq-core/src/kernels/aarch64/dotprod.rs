@@ -84,7 +84,7 @@ const REPLICATE: [[u8; 16]; 4] = [
 /// `q + 8·(c·N + j)`); `sums.len() ≥ N`; `out + j·rows_p + i`
 /// writable for `j < N`, `i < 16`.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn tile_dot<const N: usize>(
+pub(super) unsafe fn tile_dot<const N: usize>(
     tile: &[u8],
     q: *const i8,
     sums: &[i32],
