@@ -1,5 +1,5 @@
 //! The exact-activation sign product: `S · z` on f32 activations, no int8
-//! quantization, portable.
+//! quantization.
 //!
 //! Why it exists: the int8 kernels round every activation to 1/127 of the
 //! token's largest one, which is fast but not the math of nq-host's f32
@@ -8,7 +8,7 @@
 //! reference logit for logit and token for token (`ActPrecision::F32`).
 //!
 //! How: the same nibble lookups as the portable int8 kernel, with f32
-//! tables. For each group of 4 input columns a table holds the 16 signed
+//! tables (on x86_64 eight or sixteen rows per `vpermps`). For each group of 4 input columns a table holds the 16 signed
 //! sums `±z0 ±z1 ±z2 ±z3` (built as `(±z0 ±z1) + (±z2 ±z3)`: two roundings
 //! per entry, exact negation symmetry). A row's sign nibble indexes it; the
 //! 16 rows of a tile are summed side by side (16 independent chains, one per
@@ -21,6 +21,7 @@
 //! `|y − S·z| ≤ (cols_p/8 + 3) · ε · Σ|z_j|` to first order, with
 //! `cols_p ≤ n + 31`; [`error_bound_f32`] returns `(n/8 + 8) · ε · Σ|z_j|`.
 
+use super::Kernel;
 use crate::sign::{self, TILE_ROWS};
 use crate::SignMatrix;
 
@@ -61,6 +62,33 @@ fn build_tables(z: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Every whole tile of `tiles` (`col_bytes` per row) against one token's
+/// tables, 16 outputs per tile into `out`, with `kernel`'s lookups (all
+/// give the same bits).
+fn tiles_f32(kernel: Kernel, tiles: &[u8], col_bytes: usize, tab: &[f32], out: &mut [f32]) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            // SAFETY: `sign_product_f32` asserted the kernel is available.
+            unsafe { super::x86_64::avx512::sign_tiles_f32(tiles, col_bytes, tab, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            // SAFETY: as above.
+            unsafe { super::x86_64::avx2::sign_tiles_f32(tiles, col_bytes, tab, out) }
+        }
+        _ => {
+            let tile_len = TILE_ROWS * col_bytes;
+            for (tile, o) in tiles
+                .chunks_exact(tile_len)
+                .zip(out.chunks_exact_mut(TILE_ROWS))
+            {
+                o.copy_from_slice(&tile_dot(tile, tab));
+            }
+        }
+    }
+}
+
 /// The 16 rows of one tile against one token's tables.
 #[inline]
 fn tile_dot(tile: &[u8], tab: &[f32]) -> [f32; TILE_ROWS] {
@@ -78,34 +106,40 @@ fn tile_dot(tile: &[u8], tab: &[f32]) -> [f32; TILE_ROWS] {
 }
 
 /// `out[t·rows + i] = Σ_j S(i, j) · z[t·cols + j]` in f32 for `t < batch`,
-/// `i < rows`.
+/// `i < rows`, with `kernel`'s table lookups: AVX2 (`vpermps`, 8 rows at
+/// once) and AVX-512 (16) on x86_64, the portable loop elsewhere. Every
+/// kernel adds each row's lookups in the same order, so the results are
+/// the same bits.
 ///
 /// # Panics
-/// If `z` is shorter than `batch · cols`, `out` shorter than `batch · rows`
-/// or `scratch` shorter than [`sign_product_f32_scratch_len`].
+/// If `kernel` is unavailable, `z` is shorter than `batch · cols`, `out`
+/// shorter than `batch · rows` or `scratch` shorter than
+/// [`sign_product_f32_scratch_len`].
 pub(crate) fn sign_product_f32(
+    kernel: Kernel,
     signs: &SignMatrix<&[u8]>,
     z: &[f32],
     batch: usize,
     out: &mut [f32],
     scratch: &mut [f32],
 ) {
+    assert!(kernel.is_available(), "kernel {kernel} is not available");
     let (rows, cols) = (signs.rows(), signs.cols());
     let cb = signs.col_bytes();
     let tab = &mut scratch[..table_len(cb * 8)];
     assert!(z.len() >= batch * cols, "input too short");
     assert!(out.len() >= batch * rows, "output too short");
-    let tile_len = TILE_ROWS * cb;
+    let whole = rows / TILE_ROWS;
+    let (head, tail) = signs.as_bytes().split_at(whole * TILE_ROWS * cb);
     for t in 0..batch {
         build_tables(&z[t * cols..(t + 1) * cols], tab);
         let out_t = &mut out[t * rows..(t + 1) * rows];
-        for (bytes, o) in signs
-            .as_bytes()
-            .chunks_exact(tile_len)
-            .zip(out_t.chunks_mut(TILE_ROWS))
-        {
-            let sums = tile_dot(bytes, tab);
-            o.copy_from_slice(&sums[..o.len()]);
+        let (o_head, o_tail) = out_t.split_at_mut(whole * TILE_ROWS);
+        tiles_f32(kernel, head, cb, tab, o_head);
+        if !o_tail.is_empty() {
+            let mut last = [0.0f32; TILE_ROWS];
+            tiles_f32(kernel, tail, cb, tab, &mut last);
+            o_tail.copy_from_slice(&last[..o_tail.len()]);
         }
     }
 }

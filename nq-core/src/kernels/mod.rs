@@ -80,11 +80,13 @@
 //! # Exact activations (f32)
 //!
 //! `FactorizedLinear::forward_f32` / `BinaryLinear::forward_f32` skip the
-//! int8 step: a portable f32 sign product (the same nibble lookups on f32
-//! tables, see `f32_product`) computes `S · z` as the f32 reference does, up
-//! to summation order ([`error_bound_f32`]: `(n/8 + 8) · ε · Σ|z|`). Slower
-//! than the int8 kernels and ISA-free; it is what the runtime's
-//! `ActPrecision::F32` runs, to reproduce the reference token for token.
+//! int8 step: an f32 sign product (the same nibble lookups on f32 tables,
+//! see `f32_product`) computes `S · z` as the f32 reference does, up to
+//! summation order ([`error_bound_f32`]: `(n/8 + 8) · ε · Σ|z|`). Slower than
+//! the int8 kernels; the x86_64 kernels look up 8 (AVX2) or 16 (AVX-512)
+//! rows per `vpermps`, elsewhere it is the plain loop, with the same bits
+//! everywhere. It is what the runtime's `ActPrecision::F32` runs, to
+//! reproduce the reference token for token.
 //!
 //! This module holds the only `cfg(target_arch)` gates of the crate.
 

@@ -311,6 +311,38 @@ fn check_factorized(k: Kernel) {
     }
 }
 
+/// The f32 sign product through `k`'s lookups gives the portable loop's
+/// bits, on odd shapes and batches, with scratch full of NaN.
+fn check_f32_same_as_portable(k: Kernel) {
+    let mut rng = Rng(13);
+    for &(rows, cols) in &PRODUCT_SHAPES {
+        let s = rng.signs(rows, cols);
+        for batch in [1, 2, 3, 17] {
+            let z: Vec<f32> = (0..batch * cols)
+                .map(|j| match j % 7 {
+                    0 => -0.0,
+                    1 => rng.value(1e4),
+                    _ => rng.value(if j % 3 == 0 { 100.0 } else { 1e-3 }),
+                })
+                .collect();
+            let run = |kernel| {
+                let mut out = vec![f32::NAN; batch * rows];
+                let mut scratch = vec![f32::NAN; sign_product_f32_scratch_len(cols)];
+                sign_product_f32(kernel, &s.as_view(), &z, batch, &mut out, &mut scratch);
+                out
+            };
+            let (want, got) = (run(Kernel::Portable), run(k));
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert_eq!(
+                    w.to_bits(),
+                    g.to_bits(),
+                    "{rows}×{cols} batch {batch} output {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
+
 fn check_same_as_portable(k: Kernel) {
     let mut rng = Rng(4);
     for &(m, n, r) in &FACTORIZED_SHAPES {
@@ -457,6 +489,13 @@ macro_rules! kernel_tests {
             }
 
             #[test]
+            fn f32_product_bit_identical_to_portable() {
+                if usable($kernel) {
+                    check_f32_same_as_portable($kernel);
+                }
+            }
+
+            #[test]
             fn table_builder_matches_scalar() {
                 if usable($kernel) {
                     check_table_builder($kernel);
@@ -507,7 +546,8 @@ fn short_scratch_panics() {
     l.forward(&[1.0; 4], 1, &mut y, &mut scratch);
 }
 
-// ---- The f32 (exact-activation) path: ISA-free, one suite. ----
+// ---- The f32 (exact-activation) path: one suite on the portable loop (the
+// kernels' f32 lookups are checked against it bit for bit above). ----
 
 /// Budget of one layer output on f32 activations against the f64 oracle:
 /// the sign product's [`error_bound_f32`] over `terms` (the absolute sum of
@@ -528,7 +568,14 @@ fn f32_product_within_budget_of_oracle() {
                 .collect();
             let mut out = vec![f32::NAN; batch * rows];
             let mut scratch = vec![f32::NAN; sign_product_f32_scratch_len(cols)];
-            sign_product_f32(&s.as_view(), &z, batch, &mut out, &mut scratch);
+            sign_product_f32(
+                Kernel::Portable,
+                &s.as_view(),
+                &z,
+                batch,
+                &mut out,
+                &mut scratch,
+            );
             for t in 0..batch {
                 let zt = &z[t * cols..(t + 1) * cols];
                 let sum_abs: f32 = zt.iter().map(|v| v.abs()).sum();
@@ -553,11 +600,25 @@ fn f32_product_of_one_hot_and_zero_is_exact() {
     let s = SignMatrix::from_fn(21, 37, |i, j| (i * 7 + j * 3) % 5 < 2);
     let mut scratch = vec![f32::NAN; sign_product_f32_scratch_len(37)];
     let mut out = vec![f32::NAN; 21];
-    sign_product_f32(&s.as_view(), &[0.0; 37], 1, &mut out, &mut scratch);
+    sign_product_f32(
+        Kernel::Portable,
+        &s.as_view(),
+        &[0.0; 37],
+        1,
+        &mut out,
+        &mut scratch,
+    );
     assert!(out.iter().all(|&v| v == 0.0));
     let mut x = vec![0.0f32; 37];
     x[33] = -0.3;
-    sign_product_f32(&s.as_view(), &x, 1, &mut out, &mut scratch);
+    sign_product_f32(
+        Kernel::Portable,
+        &s.as_view(),
+        &x,
+        1,
+        &mut out,
+        &mut scratch,
+    );
     for (i, &v) in out.iter().enumerate() {
         assert_eq!(v, -0.3 * f32::from(s.sign(i, 33)), "row {i}");
     }

@@ -232,8 +232,9 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
 
     /// [`forward`](Self::forward) on f32 activations: no int8 step at
     /// either stage, the reference's math up to f32 rounding and summation
-    /// order (budget: [`kernels::error_bound_f32`] per stage). Portable,
-    /// slower; allocation-free.
+    /// order (budget: [`kernels::error_bound_f32`] per stage). Slower;
+    /// allocation-free. The same bits with every kernel:
+    /// [`kernels::selected`] only picks how the lookups run.
     ///
     /// # Panics
     /// If `x.len() != batch · n`, `y.len() != batch · m` or `scratch` is
@@ -243,14 +244,10 @@ impl<S: AsRef<[u8]>> FactorizedLinear<S> {
             scratch.len() >= self.forward_f32_scratch_len(batch),
             "scratch length"
         );
-        self.run(
-            Kernel::Portable,
-            x,
-            batch,
-            y,
-            scratch,
-            |signs, z, out, rest| sign_product_f32(signs, z, batch, out, rest),
-        );
+        let kernel = kernels::selected();
+        self.run(kernel, x, batch, y, scratch, |signs, z, out, rest| {
+            sign_product_f32(kernel, signs, z, batch, out, rest)
+        });
     }
 
     /// Writes the dense `m × n` matrix this layer represents (row-major).

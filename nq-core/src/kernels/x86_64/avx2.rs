@@ -243,3 +243,57 @@ pub(crate) unsafe fn build_tables(q: &[i8], out: &mut [i16]) {
         }
     }
 }
+
+/// The f32 sign product of one token ([`crate::kernels::f32_product`]):
+/// `out[16·k + i] = Σ` over tile `k`'s column bytes of row `i`'s two nibble
+/// lookups in the f32 tables `tab`, for every whole tile of `tiles`
+/// (`out` holds 16 per tile). Eight rows per register: `vpermps` looks up
+/// entries 0–7 and 8–15 of a 16-entry table and a blend on index bit 3
+/// picks one; each row keeps its own low- and high-nibble sums, added in
+/// column order, so the results are the portable loop's bits.
+///
+/// # Safety
+/// The CPU must support AVX2.
+///
+/// # Panics
+/// If `tab` holds fewer than 32 floats per column byte or `out` fewer than
+/// 16 per tile.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn sign_tiles_f32(tiles: &[u8], col_bytes: usize, tab: &[f32], out: &mut [f32]) {
+    let tile_len = TILE_ROWS * col_bytes;
+    assert!(tab.len() >= 32 * col_bytes && out.len() >= tiles.len() / tile_len * TILE_ROWS);
+    let nibble = _mm256_set1_epi32(0x0f);
+    let lookup = |t0: __m256, t1: __m256, idx: __m256i| {
+        let a = _mm256_permutevar8x32_ps(t0, idx);
+        let b = _mm256_permutevar8x32_ps(t1, idx);
+        _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx)))
+    };
+    for (tile, o) in tiles
+        .chunks_exact(tile_len)
+        .zip(out.chunks_exact_mut(TILE_ROWS))
+    {
+        let mut lo = [_mm256_setzero_ps(); 2];
+        let mut hi = [_mm256_setzero_ps(); 2];
+        for (col, t) in tile.chunks_exact(TILE_ROWS).zip(tab.chunks_exact(32)) {
+            // SAFETY: `col` is 16 bytes, `t` 32 floats.
+            let (bytes, tl0, tl1, th0, th1) = unsafe {
+                (
+                    _mm_loadu_si128(col.as_ptr().cast()),
+                    _mm256_loadu_ps(t.as_ptr()),
+                    _mm256_loadu_ps(t.as_ptr().add(8)),
+                    _mm256_loadu_ps(t.as_ptr().add(16)),
+                    _mm256_loadu_ps(t.as_ptr().add(24)),
+                )
+            };
+            for (h, b) in [bytes, _mm_srli_si128::<8>(bytes)].into_iter().enumerate() {
+                let b = _mm256_cvtepu8_epi32(b);
+                lo[h] = _mm256_add_ps(lo[h], lookup(tl0, tl1, _mm256_and_si256(b, nibble)));
+                hi[h] = _mm256_add_ps(hi[h], lookup(th0, th1, _mm256_srli_epi32::<4>(b)));
+            }
+        }
+        for h in 0..2 {
+            // SAFETY: `o` is 16 floats.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * h), _mm256_add_ps(lo[h], hi[h])) };
+        }
+    }
+}

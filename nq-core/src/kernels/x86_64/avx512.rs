@@ -282,3 +282,37 @@ unsafe fn tile_dot<const N: usize>(
     }
     N
 }
+
+/// [`super::avx2::sign_tiles_f32`] with 16 rows per register: one
+/// `vpermps` looks up a whole 16-entry table. Same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512F (implied by this kernel).
+#[target_feature(enable = "avx2,avx512f")]
+pub(crate) unsafe fn sign_tiles_f32(tiles: &[u8], col_bytes: usize, tab: &[f32], out: &mut [f32]) {
+    let tile_len = TILE_ROWS * col_bytes;
+    assert!(tab.len() >= 32 * col_bytes && out.len() >= tiles.len() / tile_len * TILE_ROWS);
+    let nibble = _mm512_set1_epi32(0x0f);
+    for (tile, o) in tiles
+        .chunks_exact(tile_len)
+        .zip(out.chunks_exact_mut(TILE_ROWS))
+    {
+        let mut lo = _mm512_setzero_ps();
+        let mut hi = _mm512_setzero_ps();
+        for (col, t) in tile.chunks_exact(TILE_ROWS).zip(tab.chunks_exact(32)) {
+            // SAFETY: `col` is 16 bytes, `t` 32 floats.
+            let (bytes, tl, th) = unsafe {
+                (
+                    _mm_loadu_si128(col.as_ptr().cast()),
+                    _mm512_loadu_ps(t.as_ptr()),
+                    _mm512_loadu_ps(t.as_ptr().add(16)),
+                )
+            };
+            let b = _mm512_cvtepu8_epi32(bytes);
+            lo = _mm512_add_ps(lo, _mm512_permutexvar_ps(_mm512_and_si512(b, nibble), tl));
+            hi = _mm512_add_ps(hi, _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(b), th));
+        }
+        // SAFETY: `o` is 16 floats.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(lo, hi)) };
+    }
+}
