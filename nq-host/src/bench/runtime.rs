@@ -62,7 +62,7 @@ pub enum BenchError {
 /// One measured test.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
-    /// Kernel name (`f32 (portable)` for f32 activations).
+    /// Kernel name.
     pub kernel: String,
     /// Activation precision (`int8` or `f32`).
     pub act: &'static str,
@@ -185,20 +185,12 @@ pub fn run(
     spec.validate(cfg.max_seq_len as usize)?;
     let ctx = spec.ctx();
     let ids = bench_tokens(ctx, cfg.vocab_size);
-    // With f32 activations every kernel runs the same portable f32 path.
-    let kernels: Vec<Option<Kernel>> = match spec.act {
-        ActPrecision::F32 => vec![None],
-        _ => spec.kernels.clone(),
-    };
     let _unforce = Unforce;
     let mut rows = Vec::new();
     for &kv in &spec.kvs {
-        for &kernel in &kernels {
+        for &kernel in &spec.kernels {
             kernels::set_forced_kernel(kernel);
-            let name = match spec.act {
-                ActPrecision::F32 => "f32 (portable)".to_string(),
-                _ => kernels::selected().to_string(),
-            };
+            let name = kernels::selected().to_string();
             for (i, &b) in spec.batches.iter().enumerate() {
                 let opts = RuntimeOptions::new(kv).with_max_batch(b).with_act(spec.act);
                 let need = Runtime::arena_bytes_with(&cfg, ctx, opts);

@@ -220,10 +220,7 @@ fn run_blob(a: &RunArgs) -> anyhow::Result<()> {
     let need = Runtime::arena_bytes_with(&cfg, ctx, opts);
     let mut arena = vec![0u8; need];
     let mut rt = Runtime::with_options(view, &mut arena, ctx, opts)?;
-    let kernel = match act {
-        ActPrecision::F32 => "f32 (portable)".to_string(),
-        _ => nq_core::kernels::selected().to_string(),
-    };
+    let kernel = nq_core::kernels::selected();
     eprintln!(
         "runtime: {kernel} kernel, act {}, ctx {ctx}, kv {}, prefill batch {}, arena {} bytes ({:.2} MiB)",
         act.name(),
