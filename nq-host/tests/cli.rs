@@ -541,7 +541,11 @@ fn bench_runtime_measures_every_combination() {
     assert_eq!(csv.lines().count(), 1 + 5 * names.len(), "{csv}");
     for k in &names {
         let tag = format!(",{k},f32,");
-        assert_eq!(csv.lines().filter(|l| l.contains(&tag)).count(), 5, "{k}: {csv}");
+        assert_eq!(
+            csv.lines().filter(|l| l.contains(&tag)).count(),
+            5,
+            "{k}: {csv}"
+        );
     }
 
     assert_one_line_error(

@@ -8,7 +8,8 @@
 //! reference logit for logit and token for token (`ActPrecision::F32`).
 //!
 //! How: the same nibble lookups as the portable int8 kernel, with f32
-//! tables (on x86_64 eight or sixteen rows per `vpermps`). For each group of 4 input columns a table holds the 16 signed
+//! tables (on x86_64 eight or sixteen rows per `vpermps`, on aarch64 four
+//! rows per 64-byte `tbl`). For each group of 4 input columns a table holds the 16 signed
 //! sums `±z0 ±z1 ±z2 ±z3` (built as `(±z0 ±z1) + (±z2 ±z3)`: two roundings
 //! per entry, exact negation symmetry). A row's sign nibble indexes it; the
 //! 16 rows of a tile are summed side by side (16 independent chains, one per
@@ -77,6 +78,11 @@ fn tiles_f32(kernel: Kernel, tiles: &[u8], col_bytes: usize, tab: &[f32], out: &
             // SAFETY: as above.
             unsafe { super::x86_64::avx2::sign_tiles_f32(tiles, col_bytes, tab, out) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon | Kernel::NeonDotprod | Kernel::NeonI8mm => {
+            // SAFETY: as above (all three imply NEON).
+            unsafe { super::aarch64::neon::sign_tiles_f32(tiles, col_bytes, tab, out) }
+        }
         _ => {
             let tile_len = TILE_ROWS * col_bytes;
             for (tile, o) in tiles
@@ -107,7 +113,8 @@ fn tile_dot(tile: &[u8], tab: &[f32]) -> [f32; TILE_ROWS] {
 
 /// `out[t·rows + i] = Σ_j S(i, j) · z[t·cols + j]` in f32 for `t < batch`,
 /// `i < rows`, with `kernel`'s table lookups: AVX2 (`vpermps`, 8 rows at
-/// once) and AVX-512 (16) on x86_64, the portable loop elsewhere. Every
+/// once) and AVX-512 (16) on x86_64, NEON (`tbl`, 4 rows) on aarch64, the
+/// portable loop elsewhere. Every
 /// kernel adds each row's lookups in the same order, so the results are
 /// the same bits.
 ///

@@ -158,3 +158,81 @@ pub(crate) unsafe fn build_tables(q: &[i8], out: &mut [i16]) {
         }
     }
 }
+
+/// Byte offsets of an f32 within its table entry, for the 4 rows of a
+/// register (`4·nibble + k` indexes byte `k` of entry `nibble`).
+const F32_BYTE: [u8; 16] = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3];
+
+/// Row-replication indices for the f32 lookups: register `g` holds rows
+/// `4g..4g+4`, each byte four times.
+const F32_ROWS: [[u8; 16]; 4] = {
+    let mut t = [[0u8; 16]; 4];
+    let mut g = 0;
+    while g < 4 {
+        let mut i = 0;
+        while i < 16 {
+            t[g][i] = (4 * g + i / 4) as u8;
+            i += 1;
+        }
+        g += 1;
+    }
+    t
+};
+
+/// The f32 sign product of one token ([`crate::kernels::f32_product`]):
+/// `out[16·k + i] = Σ` over tile `k`'s column bytes of row `i`'s two nibble
+/// lookups in the f32 tables `tab`, for every whole tile of `tiles`. Four
+/// rows per register: each row's byte is replicated into its 4 bytes, its
+/// nibble shifted in above the byte offsets `0..4` (`sli`), and one
+/// 64-byte `tbl` (the 16-entry table in four registers) gathers the four
+/// rows' f32 entries. Each row keeps its own low- and high-nibble sums,
+/// added in column order: the portable loop's bits.
+///
+/// # Safety
+/// The CPU must support NEON.
+///
+/// # Panics
+/// If `tab` holds fewer than 32 floats per column byte or `out` fewer than
+/// 16 per tile.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn sign_tiles_f32(tiles: &[u8], col_bytes: usize, tab: &[f32], out: &mut [f32]) {
+    let tile_len = TILE_ROWS * col_bytes;
+    assert!(tab.len() >= 32 * col_bytes && out.len() >= tiles.len() / tile_len * TILE_ROWS);
+    // SAFETY: the constants are 16 bytes each.
+    let (offsets, rows) = unsafe {
+        (
+            vld1q_u8(F32_BYTE.as_ptr()),
+            F32_ROWS.map(|r| vld1q_u8(r.as_ptr())),
+        )
+    };
+    let nibble = vdupq_n_u8(0x0f);
+    for (tile, o) in tiles
+        .chunks_exact(tile_len)
+        .zip(out.chunks_exact_mut(TILE_ROWS))
+    {
+        let mut lo = [vdupq_n_f32(0.0); 4];
+        let mut hi = [vdupq_n_f32(0.0); 4];
+        for (col, t) in tile.chunks_exact(TILE_ROWS).zip(tab.chunks_exact(32)) {
+            // SAFETY: `col` is 16 bytes and `t` 32 floats (two 64-byte tables).
+            let (x, tl, th) = unsafe {
+                let p = t.as_ptr().cast::<u8>();
+                (
+                    vld1q_u8(col.as_ptr()),
+                    vld1q_u8_x4(p),
+                    vld1q_u8_x4(p.add(64)),
+                )
+            };
+            for g in 0..4 {
+                let xr = vqtbl1q_u8(x, rows[g]);
+                let il = vsliq_n_u8::<2>(offsets, vandq_u8(xr, nibble));
+                let ih = vsliq_n_u8::<2>(offsets, vshrq_n_u8::<4>(xr));
+                lo[g] = vaddq_f32(lo[g], vreinterpretq_f32_u8(vqtbl4q_u8(tl, il)));
+                hi[g] = vaddq_f32(hi[g], vreinterpretq_f32_u8(vqtbl4q_u8(th, ih)));
+            }
+        }
+        for g in 0..4 {
+            // SAFETY: `o` is 16 floats.
+            unsafe { vst1q_f32(o.as_mut_ptr().add(4 * g), vaddq_f32(lo[g], hi[g])) };
+        }
+    }
+}
