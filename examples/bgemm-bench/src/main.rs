@@ -141,8 +141,9 @@ struct Options {
     format: Format,
 }
 
-const USAGE: &str = "usage: bgemm-bench [--small] [--shape MxN]... [--bpw B]... [--batch N]... \
-[--kernel NAME]... [--no-dense] [--stream] [--min-ms MS] [--format text|csv|json]";
+const USAGE: &str = "usage: bgemm-bench [--small] [--shape MxN[,MxN]]... [--bpw B[,B]]... \
+[--batch N[,N]]... [--kernel NAME[,NAME]]... [--no-dense] [--stream] [--min-ms MS] \
+[--format text|csv|json]";
 
 fn parse_shape(s: &str) -> Result<(usize, usize), String> {
     let bad = || format!("--shape {s}: expected MxN with M, N > 0, e.g. 4096x4096");
@@ -173,20 +174,28 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             "--small" => small = true,
             "--no-dense" => o.dense = false,
             "--stream" => o.stream = true,
-            "--shape" => o.shapes.push(parse_shape(&value()?)?),
-            "--bpw" => {
-                let v = value()?;
-                let b: f64 = v.parse().map_err(|_| format!("--bpw {v}: not a number"))?;
-                if !(b > 0.0 && b <= 16.0) {
-                    return Err(format!("--bpw {v}: expected a value in (0, 16]"));
+            // List options take one value or several, comma-separated,
+            // and may be repeated.
+            "--shape" => {
+                for v in value()?.split(',') {
+                    o.shapes.push(parse_shape(v)?);
                 }
-                o.bpws.push(b);
+            }
+            "--bpw" => {
+                for v in value()?.split(',') {
+                    let b: f64 = v.parse().map_err(|_| format!("--bpw {v}: not a number"))?;
+                    if !(b > 0.0 && b <= 16.0) {
+                        return Err(format!("--bpw {v}: expected a value in (0, 16]"));
+                    }
+                    o.bpws.push(b);
+                }
             }
             "--batch" => {
-                let v = value()?;
-                match v.parse::<usize>() {
-                    Ok(b) if b > 0 => o.batches.push(b),
-                    _ => return Err(format!("--batch {v}: expected a positive integer")),
+                for v in value()?.split(',') {
+                    match v.parse::<usize>() {
+                        Ok(b) if b > 0 => o.batches.push(b),
+                        _ => return Err(format!("--batch {v}: expected a positive integer")),
+                    }
                 }
             }
             "--min-ms" => {
@@ -205,15 +214,18 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
                 }
             }
             "--kernel" => {
-                let name = value()?;
-                let k = Kernel::ALL
-                    .into_iter()
-                    .find(|k| k.name() == name)
-                    .ok_or(format!("unknown kernel {name}"))?;
-                if !k.is_available() {
-                    return Err(format!("kernel {name} is not available on this CPU"));
+                for name in value()?.split(',') {
+                    let k = Kernel::ALL
+                        .into_iter()
+                        .find(|k| k.name() == name)
+                        .ok_or(format!("unknown kernel {name}"))?;
+                    if !k.is_available() {
+                        return Err(format!("kernel {name} is not available on this CPU"));
+                    }
+                    if !o.kernels.contains(&k) {
+                        o.kernels.push(k);
+                    }
                 }
-                o.kernels.push(k);
             }
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument {a}\n{USAGE}")),
@@ -534,6 +546,16 @@ mod tests {
         assert_eq!(o.bpws, vec![0.8]);
         assert_eq!(o.batches, vec![1, 16]);
         assert!(o.format == Format::Csv);
+        // Comma lists, alone or mixed with repeats.
+        let o = args(
+            "--shape 64x96,32x32 --shape 8x8 --bpw 1,0.55 --batch 16,1 --batch 4 \
+             --kernel portable,portable",
+        )
+        .unwrap();
+        assert_eq!(o.shapes, vec![(64, 96), (32, 32), (8, 8)]);
+        assert_eq!(o.bpws, vec![1.0, 0.55]);
+        assert_eq!(o.batches, vec![1, 4, 16]);
+        assert_eq!(o.kernels, vec![Kernel::Portable]);
         let o = args("--small").unwrap();
         assert_eq!(o.shapes, SMOLLM.to_vec());
         assert_eq!(args("").unwrap().shapes.len(), SMOLLM.len() + LLAMA.len());
@@ -547,6 +569,9 @@ mod tests {
             "--bpw -1",
             "--bpw x",
             "--batch 0",
+            "--batch 1,,16",
+            "--shape 64x64,",
+            "--kernel portable,nope",
             "--format yaml",
             "--kernel nope",
             "--frobnicate",
