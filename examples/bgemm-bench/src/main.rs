@@ -15,6 +15,7 @@
 //!             [--format text|csv|json]
 //! ```
 //!
+//! The list options also take comma-separated values (`--batch 1,16`).
 //! `--small` keeps to the SmolLM2-135M shapes (for boards with little RAM
 //! or patience); by default the Llama-2-7B projections run too. `--stream`
 //! cycles every timed call through enough copies of the weights to exceed
