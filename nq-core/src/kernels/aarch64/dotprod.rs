@@ -40,41 +40,26 @@ pub(crate) unsafe fn dot_product(
     batch: usize,
     acc: &mut [i32],
 ) {
-    let cols_p = s.col_bytes * 8;
-    let rows_p = s.tiles * TILE_ROWS;
-    assert!(q.len() >= batch * cols_p && qsum.len() >= batch && acc.len() >= batch * rows_p);
-    for tile in 0..s.tiles {
-        let bytes = s.tile(tile);
-        let mut t0 = 0;
-        while t0 < batch {
-            let left = batch - t0;
-            let q0 = q[t0 * cols_p..].as_ptr();
-            let out = acc[t0 * rows_p + tile * TILE_ROWS..].as_mut_ptr();
-            let sums = &qsum[t0..];
-            // SAFETY: the chunk's tokens t0..t0+N are < batch, so their
-            // activations, sums and output rows are inside the slices
-            // checked above; NEON and dotprod are enabled here.
-            t0 += unsafe {
+    super::for_each_chunk(
+        s,
+        q,
+        qsum,
+        batch,
+        acc,
+        |tile, q0, sums, out, rows_p, left| {
+            // SAFETY: the chunk's tokens are < batch, so their activations,
+            // sums and output rows are inside the buffers `for_each_chunk`
+            // checked; the caller vouched for NEON and dotprod.
+            unsafe {
                 match left {
-                    4.. => tile_dot::<4>(bytes, q0, sums, out, rows_p),
-                    2.. => tile_dot::<2>(bytes, q0, sums, out, rows_p),
-                    _ => tile_dot::<1>(bytes, q0, sums, out, rows_p),
+                    4.. => tile_dot::<4>(tile, q0, sums, out, rows_p),
+                    2.. => tile_dot::<2>(tile, q0, sums, out, rows_p),
+                    _ => tile_dot::<1>(tile, q0, sums, out, rows_p),
                 }
-            };
-        }
-    }
+            }
+        },
+    );
 }
-
-/// Row-replication indices: register `k` holds rows `4k..4k+4`, each byte
-/// four times.
-const REPLICATE: [[u8; 16]; 4] = [
-    [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3],
-    [4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7],
-    [8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11],
-    [
-        12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15,
-    ],
-];
 
 /// One tile against `N` tokens; returns `N`.
 ///
@@ -91,8 +76,8 @@ pub(super) unsafe fn tile_dot<const N: usize>(
     out: *mut i32,
     rows_p: usize,
 ) -> usize {
-    // SAFETY: each REPLICATE row is 16 bytes.
-    let idx = REPLICATE.map(|r| unsafe { vld1q_u8(r.as_ptr()) });
+    // SAFETY: each index row is 16 bytes.
+    let idx = super::ROWS_BY_4.map(|r| unsafe { vld1q_u8(r.as_ptr()) });
     let m_lo = vreinterpretq_u8_u32(vdupq_n_u32(0x0804_0201));
     let m_hi = vreinterpretq_u8_u32(vdupq_n_u32(0x8040_2010));
     let mut acc = [[vdupq_n_s32(0); 4]; N];

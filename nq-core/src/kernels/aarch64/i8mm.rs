@@ -50,46 +50,26 @@ pub(crate) unsafe fn dot_product(
     batch: usize,
     acc: &mut [i32],
 ) {
-    let cols_p = s.col_bytes * 8;
-    let rows_p = s.tiles * TILE_ROWS;
-    assert!(q.len() >= batch * cols_p && qsum.len() >= batch && acc.len() >= batch * rows_p);
-    for tile in 0..s.tiles {
-        let bytes = s.tile(tile);
-        let mut t0 = 0;
-        while t0 < batch {
-            let left = batch - t0;
-            let q0 = q[t0 * cols_p..].as_ptr();
-            let out = acc[t0 * rows_p + tile * TILE_ROWS..].as_mut_ptr();
-            let sums = &qsum[t0..];
-            // SAFETY: the chunk's tokens t0..t0+N are < batch, so their
-            // activations, sums and output rows are inside the slices
-            // checked above; NEON, dotprod and I8MM are enabled here.
-            t0 += unsafe {
+    super::for_each_chunk(
+        s,
+        q,
+        qsum,
+        batch,
+        acc,
+        |tile, q0, sums, out, rows_p, left| {
+            // SAFETY: the chunk's tokens are < batch, so their activations,
+            // sums and output rows are inside the buffers `for_each_chunk`
+            // checked; the caller vouched for NEON, dotprod and I8MM.
+            unsafe {
                 match left {
-                    4.. => tile_mmla::<4, 2>(bytes, q0, sums, out, rows_p),
-                    2.. => tile_mmla::<2, 1>(bytes, q0, sums, out, rows_p),
-                    _ => dotprod::tile_dot::<1>(bytes, q0, sums, out, rows_p),
+                    4.. => tile_mmla::<4, 2>(tile, q0, sums, out, rows_p),
+                    2.. => tile_mmla::<2, 1>(tile, q0, sums, out, rows_p),
+                    _ => dotprod::tile_dot::<1>(tile, q0, sums, out, rows_p),
                 }
-            };
-        }
-    }
+            }
+        },
+    );
 }
-
-/// `tbl` indices of row pair `p`: row `2p`'s byte 8 times, then row
-/// `2p + 1`'s.
-const PAIRS: [[u8; 16]; 8] = {
-    let mut t = [[0u8; 16]; 8];
-    let mut p = 0;
-    while p < 8 {
-        let mut i = 0;
-        while i < 16 {
-            t[p][i] = (2 * p + i / 8) as u8;
-            i += 1;
-        }
-        p += 1;
-    }
-    t
-};
 
 /// Column bit of each byte of an expanded row pair.
 const BITS: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
@@ -110,8 +90,8 @@ unsafe fn tile_mmla<const N: usize, const P: usize>(
     rows_p: usize,
 ) -> usize {
     debug_assert_eq!(N, 2 * P);
-    // SAFETY: each PAIRS row and BITS are 16 bytes.
-    let idx = PAIRS.map(|r| unsafe { vld1q_u8(r.as_ptr()) });
+    // SAFETY: each index row and BITS are 16 bytes.
+    let idx = super::ROWS_BY_2.map(|r| unsafe { vld1q_u8(r.as_ptr()) });
     let bits = unsafe { vld1q_u8(BITS.as_ptr()) };
     // acc[t][p]: rows 2p, 2p + 1 × tokens 2t, 2t + 1, as a 2×2 block.
     let mut acc = [[vdupq_n_s32(0); 8]; P];

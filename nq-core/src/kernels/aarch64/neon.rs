@@ -163,22 +163,6 @@ pub(crate) unsafe fn build_tables(q: &[i8], out: &mut [i16]) {
 /// register (`4·nibble + k` indexes byte `k` of entry `nibble`).
 const F32_BYTE: [u8; 16] = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3];
 
-/// Row-replication indices for the f32 lookups: register `g` holds rows
-/// `4g..4g+4`, each byte four times.
-const F32_ROWS: [[u8; 16]; 4] = {
-    let mut t = [[0u8; 16]; 4];
-    let mut g = 0;
-    while g < 4 {
-        let mut i = 0;
-        while i < 16 {
-            t[g][i] = (4 * g + i / 4) as u8;
-            i += 1;
-        }
-        g += 1;
-    }
-    t
-};
-
 /// The f32 sign product of one token ([`crate::kernels::f32_product`]):
 /// `out[16·k + i] = Σ` over tile `k`'s column bytes of row `i`'s two nibble
 /// lookups in the f32 tables `tab`, for every whole tile of `tiles`. Four
@@ -202,7 +186,7 @@ pub(crate) unsafe fn sign_tiles_f32(tiles: &[u8], col_bytes: usize, tab: &[f32],
     let (offsets, rows) = unsafe {
         (
             vld1q_u8(F32_BYTE.as_ptr()),
-            F32_ROWS.map(|r| vld1q_u8(r.as_ptr())),
+            super::ROWS_BY_4.map(|r| vld1q_u8(r.as_ptr())),
         )
     };
     let nibble = vdupq_n_u8(0x0f);
