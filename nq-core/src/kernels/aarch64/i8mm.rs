@@ -9,8 +9,9 @@
 //! activations already hold side by side (one 16-byte load). A tile of 16
 //! rows against 4 tokens keeps 16 accumulators (8 row pairs × 2 token
 //! pairs) and costs, per column byte, 16 `SMMLA`, 16 expansion instructions
-//! and 2 loads — about 34 instructions per 512 multiply-adds, where the
-//! `SDOT` path ([`super::dotprod`]) spends about 60. `A = Σq + 2·((−β)·q)`,
+//! and the loads: 40 instructions per 512 multiply-adds in the compiled
+//! loop, where the `SDOT` path ([`super::dotprod`]) takes 70
+//! (docs/BENCHMARKS.md; not timed, no I8MM hardware here). `A = Σq + 2·((−β)·q)`,
 //! exactly; the 2×2 blocks are unzipped into rows per token at the end of
 //! the tile.
 //!
