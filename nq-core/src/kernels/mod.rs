@@ -85,8 +85,9 @@
 //! summation order ([`error_bound_f32`]: `(n/8 + 8) · ε · Σ|z|`). Slower than
 //! the int8 kernels; the x86_64 kernels look up 8 (AVX2) or 16 (AVX-512)
 //! rows per `vpermps`, the aarch64 ones 4 per `tbl`, the portable kernel
-//! runs the plain loop, with the same bits everywhere. It is what the runtime's `ActPrecision::F32` runs, to
-//! reproduce the reference token for token.
+//! runs the plain loop, with the same bits everywhere. It is what the
+//! runtime's `ActPrecision::F32` runs, to reproduce the reference token for
+//! token.
 //!
 //! This module holds the only `cfg(target_arch)` gates of the crate.
 
