@@ -67,31 +67,15 @@ fn build_tables(z: &[f32], out: &mut [f32]) {
 /// tables, 16 outputs per tile into `out`, with `kernel`'s lookups (all
 /// give the same bits).
 fn tiles_f32(kernel: Kernel, tiles: &[u8], col_bytes: usize, tab: &[f32], out: &mut [f32]) {
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => {
-            // SAFETY: `sign_product_f32` asserted the kernel is available.
-            unsafe { super::x86_64::avx512::sign_tiles_f32(tiles, col_bytes, tab, out) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => {
-            // SAFETY: as above.
-            unsafe { super::x86_64::avx2::sign_tiles_f32(tiles, col_bytes, tab, out) }
-        }
-        #[cfg(target_arch = "aarch64")]
-        Kernel::Neon | Kernel::NeonDotprod | Kernel::NeonI8mm => {
-            // SAFETY: as above (all three imply NEON).
-            unsafe { super::aarch64::neon::sign_tiles_f32(tiles, col_bytes, tab, out) }
-        }
-        _ => {
-            let tile_len = TILE_ROWS * col_bytes;
-            for (tile, o) in tiles
-                .chunks_exact(tile_len)
-                .zip(out.chunks_exact_mut(TILE_ROWS))
-            {
-                o.copy_from_slice(&tile_dot(tile, tab));
-            }
-        }
+    if super::simd_tiles_f32(kernel, tiles, col_bytes, tab, out) {
+        return;
+    }
+    let tile_len = TILE_ROWS * col_bytes;
+    for (tile, o) in tiles
+        .chunks_exact(tile_len)
+        .zip(out.chunks_exact_mut(TILE_ROWS))
+    {
+        o.copy_from_slice(&tile_dot(tile, tab));
     }
 }
 

@@ -424,6 +424,43 @@ pub(crate) fn uses_tables(kernel: Kernel, batch: usize) -> bool {
     ) || batch == 1
 }
 
+/// The f32 sign product's lookups over whole tiles (see `f32_product`)
+/// with `kernel`'s instructions; `false` where the kernel has none (the
+/// caller runs the portable loop). The kernel must be available.
+fn simd_tiles_f32(
+    kernel: Kernel,
+    tiles: &[u8],
+    col_bytes: usize,
+    tab: &[f32],
+    out: &mut [f32],
+) -> bool {
+    debug_assert!(kernel.is_available());
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            // SAFETY: the caller asserted the kernel is available.
+            unsafe { x86_64::avx512::sign_tiles_f32(tiles, col_bytes, tab, out) };
+            true
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            // SAFETY: as above.
+            unsafe { x86_64::avx2::sign_tiles_f32(tiles, col_bytes, tab, out) };
+            true
+        }
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon | Kernel::NeonDotprod | Kernel::NeonI8mm => {
+            // SAFETY: as above (all three imply NEON).
+            unsafe { aarch64::neon::sign_tiles_f32(tiles, col_bytes, tab, out) };
+            true
+        }
+        _ => {
+            let _ = (tiles, col_bytes, tab, out);
+            false
+        }
+    }
+}
+
 /// Runs `f` inside a function compiled for the vector extension `kernel`
 /// runs on (AVX2 for both x86_64 kernels), so the plain loops `f` inlines —
 /// quantization, scaling, the epilogues — vectorize with it rather than with
