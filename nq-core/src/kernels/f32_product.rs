@@ -9,13 +9,13 @@
 //!
 //! How: the same nibble lookups as the portable int8 kernel, with f32
 //! tables (on x86_64 eight or sixteen rows per `vpermps`, on aarch64 four
-//! rows per 64-byte `tbl`). For each group of 4 input columns a table holds the 16 signed
-//! sums `±z0 ±z1 ±z2 ±z3` (built as `(±z0 ±z1) + (±z2 ±z3)`: two roundings
-//! per entry, exact negation symmetry). A row's sign nibble indexes it; the
-//! 16 rows of a tile are summed side by side (16 independent chains, one per
-//! row, low and high nibbles in separate chains). Tables are built per token
-//! (`4 · cols_p` floats, reused by the next token), so the scratch does not
-//! grow with the batch.
+//! rows per 64-byte `tbl`). For each group of 4 input columns a table holds
+//! the 16 signed sums `±z0 ±z1 ±z2 ±z3` (built as `(±z0 ±z1) + (±z2 ±z3)`:
+//! two roundings per entry, exact negation symmetry). A row's sign nibble
+//! indexes it; the 16 rows of a tile are summed side by side (16
+//! independent chains, one per row, low and high nibbles in separate
+//! chains). Tables are built per token (`4 · cols_p` floats, reused by the
+//! next token), so the scratch does not grow with the batch.
 //!
 //! Error (one product over `n` inputs, per output): each entry carries 2
 //! roundings, each chain sums `cols_p / 8` entries, plus the final add:
@@ -98,9 +98,8 @@ fn tile_dot(tile: &[u8], tab: &[f32]) -> [f32; TILE_ROWS] {
 /// `out[t·rows + i] = Σ_j S(i, j) · z[t·cols + j]` in f32 for `t < batch`,
 /// `i < rows`, with `kernel`'s table lookups: AVX2 (`vpermps`, 8 rows at
 /// once) and AVX-512 (16) on x86_64, NEON (`tbl`, 4 rows) on aarch64, the
-/// portable loop elsewhere. Every
-/// kernel adds each row's lookups in the same order, so the results are
-/// the same bits.
+/// portable loop elsewhere. Every kernel adds each row's lookups in the
+/// same order, so the results are the same bits.
 ///
 /// # Panics
 /// If `kernel` is unavailable, `z` is shorter than `batch · cols`, `out`
