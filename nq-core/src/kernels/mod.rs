@@ -425,8 +425,8 @@ pub(crate) fn uses_tables(kernel: Kernel, batch: usize) -> bool {
 }
 
 /// The f32 sign product's lookups over whole tiles (see `f32_product`)
-/// with `kernel`'s instructions; `false` where the kernel has none (the
-/// caller runs the portable loop). The kernel must be available.
+/// with `kernel`'s instructions; `false` where the kernel has none here
+/// (the caller then runs the portable loop).
 fn simd_tiles_f32(
     kernel: Kernel,
     tiles: &[u8],
@@ -434,23 +434,22 @@ fn simd_tiles_f32(
     tab: &[f32],
     out: &mut [f32],
 ) -> bool {
-    debug_assert!(kernel.is_available());
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => {
-            // SAFETY: the caller asserted the kernel is available.
+        Kernel::Avx512 if kernel.is_available() => {
+            // SAFETY: the kernel implies AVX-512F, available as just checked.
             unsafe { x86_64::avx512::sign_tiles_f32(tiles, col_bytes, tab, out) };
             true
         }
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => {
-            // SAFETY: as above.
+        Kernel::Avx2 if kernel.is_available() => {
+            // SAFETY: AVX2, available as just checked.
             unsafe { x86_64::avx2::sign_tiles_f32(tiles, col_bytes, tab, out) };
             true
         }
         #[cfg(target_arch = "aarch64")]
-        Kernel::Neon | Kernel::NeonDotprod | Kernel::NeonI8mm => {
-            // SAFETY: as above (all three imply NEON).
+        Kernel::Neon | Kernel::NeonDotprod | Kernel::NeonI8mm if kernel.is_available() => {
+            // SAFETY: all three imply NEON, available as just checked.
             unsafe { aarch64::neon::sign_tiles_f32(tiles, col_bytes, tab, out) };
             true
         }
