@@ -75,8 +75,9 @@ pub enum ActPrecision {
     /// this CPU has: what a device runs (error budget in [`crate::kernels`]).
     #[default]
     Int8,
-    /// f32 activations through the portable f32 sign product: the f32
-    /// reference's math up to summation order. Slower; its lookup tables
+    /// f32 activations through the f32 sign product (the selected kernel's
+    /// lookups, the same bits on every kernel): the f32 reference's math up
+    /// to summation order. Slower; its lookup tables
     /// (`4 · n` floats, `n` the padded input width) are built per token, so
     /// they do not grow with the batch.
     F32,

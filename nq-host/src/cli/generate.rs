@@ -54,9 +54,10 @@ pub enum ActArg {
     /// Int8 per token into the fastest sign-product kernel (what a device
     /// runs).
     Int8,
-    /// f32 activations through the portable f32 sign product: the f32
-    /// reference's math up to rounding (slower; with `--kv f32`, the same
-    /// greedy tokens as `--reference`).
+    /// f32 activations through the f32 sign product (the selected kernel's
+    /// lookups, the same bits on every kernel): the f32 reference's math up
+    /// to rounding (slower; with `--kv f32`, the same greedy tokens as
+    /// `--reference`).
     F32,
 }
 
