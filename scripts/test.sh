@@ -358,7 +358,8 @@ print(f"    {len(rows)} rows: " + ", ".join(sorted(want)))
 bgemm_bench_smoke() {
     local want=portable
     grep -qw avx2 /proc/cpuinfo && want+=,avx2
-    grep -qw avx512_vnni /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && want+=,avx512
+    grep -qw avx512_vnni /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && want+=,avx512 &&
+        grep -qw amx_int8 /proc/cpuinfo && grep -qw amx_tile /proc/cpuinfo && want+=,amx
     (cd examples/bgemm-bench && cargo test --release -q >&2 &&
         cargo run --release -q -- --shape 576x576 --bpw 1 --batch 1 --batch 16 \
             --min-ms 1 --format json) | check_bgemm_json "$want"

@@ -79,6 +79,11 @@ fn usable(k: Kernel) -> bool {
 /// and each mixed-tile remainder.
 const BATCHES: core::ops::RangeInclusive<usize> = 1..=17;
 
+/// Batches past 17 for the integer core: several chunks of 16 (AMX shares
+/// one expansion of the signs among 3 of them) with and without a partial
+/// one, and more than one such group.
+const LARGE_BATCHES: [usize; 7] = [31, 32, 33, 48, 49, 64, 100];
+
 /// `(rows, cols)` of sign products: 1–3 rows, sizes off every multiple of
 /// 4/8/32/128, and columns past the int16 flush points (256, 512).
 const PRODUCT_SHAPES: [(usize, usize); 10] = [
@@ -116,7 +121,7 @@ fn check_integer_core(k: Kernel) {
         let operand = SignOperand::new(s.as_view());
         let cols_p = col_bytes(cols) * 8;
         let rows_p = operand.tiles * 16;
-        for batch in BATCHES {
+        for batch in BATCHES.chain(LARGE_BATCHES) {
             let mut q = vec![0i8; batch * cols_p];
             let mut qsum = vec![0i32; batch];
             let tlen = table_len(cols_p);
@@ -516,6 +521,7 @@ kernel_tests! {
     portable => Kernel::Portable,
     avx2 => Kernel::Avx2,
     avx512 => Kernel::Avx512,
+    amx => Kernel::Amx,
     neon => Kernel::Neon,
     neon_dotprod => Kernel::NeonDotprod,
     neon_i8mm => Kernel::NeonI8mm,

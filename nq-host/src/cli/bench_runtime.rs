@@ -51,8 +51,8 @@ pub struct RuntimeBenchArgs {
     #[arg(short = 'b', long, value_delimiter = ',', default_value = "32")]
     batch: Vec<usize>,
     /// Kernels, comma-separated: best (what nq-core picks), all (every one
-    /// this CPU runs), or names (portable, avx2, avx512, neon, neon-dotprod,
-    /// neon-i8mm).
+    /// this CPU runs), or names (portable, avx2, avx512, amx, neon,
+    /// neon-dotprod, neon-i8mm).
     #[arg(short = 'k', long, value_delimiter = ',', default_value = "best")]
     kernel: Vec<String>,
     /// KV cache storage types, comma-separated.

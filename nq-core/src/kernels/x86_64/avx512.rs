@@ -113,7 +113,7 @@ pub(crate) unsafe fn dot_product(
 /// into int32 lane d).
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn replicate_rows() -> __m512i {
+pub(super) fn replicate_rows() -> __m512i {
     _mm512_set_epi32(
         0x0f0f_0f0f,
         0x0e0e_0e0e,
