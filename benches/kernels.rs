@@ -13,9 +13,12 @@
 //! times the batch (multiply-accumulates per call).
 //! Results and the machine they came from: `docs/BENCHMARKS.md`.
 
+#[path = "../examples/bgemm-bench/src/cache.rs"]
+mod cache;
 #[path = "../examples/bgemm-bench/src/dense.rs"]
 mod dense;
 
+use cache::last_level_cache;
 use dense::dense;
 
 use std::fmt;
@@ -156,7 +159,7 @@ fn factorized_b16_portable(bencher: Bencher, c: &Case) {
     run_factorized(bencher, c, Kernel::Portable, 16);
 }
 
-/// AVX2 next to the best kernel (AVX-512 where present) on x86_64.
+/// AVX2 next to the best kernel (AVX-512 or AMX where present) on x86_64.
 #[divan::bench(args = cases())]
 fn factorized_b1_avx2(bencher: Bencher, c: &Case) {
     if Kernel::Avx2.is_available() {
@@ -171,12 +174,23 @@ fn factorized_b16_avx2(bencher: Bencher, c: &Case) {
     }
 }
 
-/// Layers in the streaming benchmark: 24 × 2.1 MB of signs, more than a
-/// 32 MB last-level cache, so each call reads its weights from DRAM as a
-/// real decode step (every layer once per token) does.
-const STREAM_LAYERS: usize = 24;
+/// The `vpdpbusd` batch kernel next to the best one where that is AMX.
+#[divan::bench(args = cases())]
+fn factorized_b16_avx512(bencher: Bencher, c: &Case) {
+    if Kernel::Avx512.is_available() {
+        run_factorized(bencher, c, Kernel::Avx512, 16);
+    }
+}
 
-/// 4096×4096 at 1.0 bpw, cycling through [`STREAM_LAYERS`] distinct layers.
+/// Layers in the streaming benchmark: at least 24 × 2.1 MB of signs, and
+/// twice the last-level cache where the OS reports a larger one, so each call
+/// reads its weights from DRAM as a real decode step (every layer once per
+/// token) does.
+fn stream_layers(c: &Case) -> usize {
+    (2 * last_level_cache()).div_ceil(factor_bytes(c)).max(24)
+}
+
+/// 4096×4096 at 1.0 bpw, cycling through [`stream_layers`] distinct layers.
 #[divan::bench(args = [1, 16])]
 fn factorized_stream_4096x4096_1bpw(bencher: Bencher, batch: usize) {
     let c = Case {
@@ -184,7 +198,8 @@ fn factorized_stream_4096x4096_1bpw(bencher: Bencher, batch: usize) {
         n: 4096,
         bpw: 1.0,
     };
-    let layers: Vec<_> = (0..STREAM_LAYERS).map(|_| layer(&c)).collect();
+    let count = stream_layers(&c);
+    let layers: Vec<_> = (0..count).map(|_| layer(&c)).collect();
     let x = floats(batch * c.n, 5);
     let mut y = vec![0.0f32; batch * c.m];
     let mut scratch = vec![0.0f32; layers[0].forward_scratch_len(batch)];
@@ -195,7 +210,7 @@ fn factorized_stream_4096x4096_1bpw(bencher: Bencher, batch: usize) {
         .counter(ItemsCount::new(c.rank() * (c.m + c.n) * batch))
         .bench_local(|| {
             layers[next].forward_with(kernel, black_box(&x), batch, &mut y, &mut scratch);
-            next = (next + 1) % STREAM_LAYERS;
+            next = (next + 1) % count;
             black_box(&y);
         });
 }

@@ -24,8 +24,10 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+mod cache;
 mod dense;
 
+use cache::last_level_cache;
 use dense::dense;
 use nq_core::kernels::{self, Kernel};
 use nq_core::sign::packed_len;
@@ -34,8 +36,6 @@ use nq_core::{F16Vector, FactorizedLinear, SignMatrix};
 const SMOLLM: [(usize, usize); 4] = [(576, 576), (192, 576), (1536, 576), (576, 1536)];
 const LLAMA: [(usize, usize); 3] = [(4096, 4096), (11008, 4096), (4096, 11008)];
 const BPW: [f64; 3] = [1.0, 0.8, 0.55];
-/// Last-level cache assumed when the OS does not say.
-const DEFAULT_LLC: usize = 32 << 20;
 
 /// Rank for `bpw` bits per weight with two f16 scale vectors:
 /// `r = floor((bpw·m·n − 16(m+n)) / (m+n))`, down to a multiple of 32, at
@@ -89,29 +89,6 @@ fn time(min: Duration, mut f: impl FnMut(usize)) -> Duration {
     }
     samples.sort();
     samples[samples.len() / 2]
-}
-
-/// Largest CPU cache the OS reports (Linux sysfs), else [`DEFAULT_LLC`].
-fn last_level_cache() -> usize {
-    let parse = |s: &str| -> Option<usize> {
-        let s = s.trim();
-        let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
-        let v: usize = num.parse().ok()?;
-        match unit {
-            "K" => Some(v << 10),
-            "M" => Some(v << 20),
-            "" => Some(v),
-            _ => None,
-        }
-    };
-    (0..8)
-        .filter_map(|i| {
-            std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{i}/size"))
-                .ok()
-                .and_then(|s| parse(&s))
-        })
-        .max()
-        .unwrap_or(DEFAULT_LLC)
 }
 
 /// Copies of `bytes`-sized weights that `--stream` cycles through: enough

@@ -37,6 +37,11 @@
 //!   `SMMLA` multiplies two rows' `β` by two tokens' activations as 2×8 by
 //!   8×2 matrices, twice `SDOT`'s multiply-adds per instruction
 //!   (`aarch64/i8mm.rs`).
+//! * **Tile products (batch ≥ 3 on Intel CPUs with AMX-INT8).** Sign bits
+//!   are expanded to ±1 bytes, 16 rows × 64 columns at a time, and one
+//!   `tdpbssd` multiplies them by 16 tokens' activations (read in place):
+//!   16,384 multiply-adds per instruction, so the expansion, shared by up
+//!   to 48 tokens, is what costs (`x86_64/amx.rs`).
 //!
 //! Nothing here allocates: the caller passes a `&mut [f32]` scratch buffer of
 //! at least [`FactorizedLinear::forward_scratch_len`] /

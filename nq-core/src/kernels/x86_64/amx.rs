@@ -1,5 +1,6 @@
-//! AMX-INT8 (Intel Sapphire Rapids and later): `tdpbssd` tile products for
-//! batches; batch 1 stays on the AVX2 lookups.
+//! AMX-INT8 (Intel Xeon, Sapphire Rapids and later): `tdpbssd` tile
+//! products for batches of 3 tokens and more; 1 or 2 tokens stay on the
+//! AVX2 lookups, which are cheaper there (see `uses_tables`).
 //!
 //! One `tdpbssd` multiplies a 16 × 64 int8 tile by a 64 × 16 int8 tile into
 //! 16 × 16 int32: 16,384 multiply-adds, where a 512-bit `vpdpbusd` does 64.
