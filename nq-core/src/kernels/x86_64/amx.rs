@@ -6,9 +6,8 @@
 //! 16 × 16 int32: 16,384 multiply-adds, where a 512-bit `vpdpbusd` does 64.
 //! The product is laid out so the blob's bytes need no repacking:
 //!
-//! * **A** (16 tokens × 64 columns) is the int8 activations, token after
-//!   token, read in place (or from a zero-padded copy when the padded width
-//!   is not a multiple of 64).
+//! * **A** (16 tokens × 64 columns) is the int8 activations, copied once
+//!   per call into whole 1 KB tiles (`pack_tiles`).
 //! * **B** (64 columns × 16 rows, AMX's "VNNI" layout of 16 rows of 64
 //!   bytes, row `k` holding columns `4k..4k+4` of each of the 16 matrix rows)
 //!   is one tile's column bytes expanded to ±1: broadcast 16 rows' byte,
@@ -112,13 +111,31 @@ fn request_tile_data() -> bool {
 }
 
 /// Bytes of work space [`int_product`] needs for `batch` tokens of `cols_p`
-/// padded columns: a zero-padded copy of the activations when `cols_p` is
-/// not a multiple of 64 (else none).
+/// padded columns: the activations repacked into A tiles.
 pub(crate) fn work_len(batch: usize, cols_p: usize) -> usize {
-    if cols_p % ROW_BYTES == 0 {
-        0
-    } else {
-        batch * cols_p.next_multiple_of(ROW_BYTES)
+    batch * cols_p.next_multiple_of(ROW_BYTES)
+}
+
+/// Copies token-after-token activations (`cols_p` bytes each) into whole A
+/// tiles: for the chunk of `m ≤ 16` tokens that starts at token `16c`, the
+/// tile of K step `k` is `m` rows of 64 bytes at `16c·stride + 64·m·k`
+/// (`stride` = `cols_p` rounded up to 64, the tail zero-filled). Rows of a
+/// tile are then 64 bytes apart. Read in place, a tile's rows are `cols_p`
+/// bytes apart (4 KB at 4096 columns, all in one L1 set); packed, the
+/// 4096×4096 layer at 1.0 bpw took 7 % less time at batch 32 and 12 % less
+/// at batch 48 (the same at batch 16).
+fn pack_tiles(q: &[i8], batch: usize, cols_p: usize, work: &mut [i8]) {
+    let stride = cols_p.next_multiple_of(ROW_BYTES);
+    for (c, chunk) in q[..batch * cols_p].chunks(CHUNK * cols_p).enumerate() {
+        let m = chunk.len() / cols_p;
+        let base = c * CHUNK * stride;
+        for (r, token) in chunk.chunks_exact(cols_p).enumerate() {
+            for (k, src) in token.chunks(ROW_BYTES).enumerate() {
+                let dst = &mut work[base + ROW_BYTES * (m * k + r)..][..ROW_BYTES];
+                dst[..src.len()].copy_from_slice(src);
+                dst[src.len()..].fill(0);
+            }
+        }
     }
 }
 
@@ -189,19 +206,9 @@ pub(crate) unsafe fn int_product(
     assert!(q.len() >= batch * cols_p && acc.len() >= batch * rows_p);
     assert!(work.len() >= work_len(batch, cols_p));
     assert!(batch < usize::MAX / CHUNK && rows_p * 4 <= isize::MAX as usize);
-    // Every A tile reads 64 bytes per token row from its K step on: pad the
-    // rows to a multiple of 64 with zeros where they are not one already.
-    let (a, stride_a) = if cols_p % ROW_BYTES == 0 {
-        (&q[..batch * cols_p], cols_p)
-    } else {
-        let stride = cols_p.next_multiple_of(ROW_BYTES);
-        let w = &mut work[..batch * stride];
-        for (dst, src) in w.chunks_exact_mut(stride).zip(q.chunks_exact(cols_p)) {
-            dst[..cols_p].copy_from_slice(src);
-            dst[cols_p..].fill(0);
-        }
-        (&*w, stride)
-    };
+    pack_tiles(q, batch, cols_p, work);
+    let stride = cols_p.next_multiple_of(ROW_BYTES);
+    let a = &work[..batch * stride];
     // The signs are expanded `AHEAD` steps before `tileloadd` reads them:
     // a tile load right behind the stores that wrote its bytes waits for
     // them to reach L1 (measured: the batch-2 layer took 509 µs that way,
@@ -249,14 +256,14 @@ pub(crate) unsafe fn int_product(
             unsafe { tile_op(Op::LoadB, 0, b.as_mut_ptr().cast(), ROW_BYTES) };
             for (j, &m) in rows.iter().enumerate() {
                 if m > 0 {
-                    let first = (t0 + j * CHUNK) * stride_a + ROW_BYTES * k;
-                    // SAFETY: A tile j reads m rows of 64 bytes, `stride_a`
-                    // apart, from token t0 + 16j on: the last byte is at
-                    // (t0+16j+m−1)·stride_a + 64k + 63 < batch · stride_a
-                    // since 64k + 64 ≤ stride_a.
+                    let first = (t0 + j * CHUNK) * stride + ROW_BYTES * m * k;
+                    // SAFETY: A tile j reads the m rows of 64 bytes that
+                    // `pack_tiles` put at `first`: chunk t0/16 + j holds
+                    // m·stride bytes from (t0+16j)·stride, and
+                    // 64·m·k + 64·m ≤ m·stride.
                     let p = a[first..].as_ptr().cast_mut().cast();
                     unsafe {
-                        tile_op(Op::LoadA, j, p, stride_a);
+                        tile_op(Op::LoadA, j, p, ROW_BYTES);
                         tile_op(Op::Dot, j, core::ptr::null_mut(), 0);
                     }
                 }
