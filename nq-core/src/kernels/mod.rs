@@ -134,8 +134,13 @@ pub enum Kernel {
     /// `vpdpbusd` dot products for batches.
     Avx512,
     /// x86_64 AMX-INT8 (with the AVX-512 kernel's features, on Linux under
-    /// `std`): AVX2 lookups for batch 1, `tdpbssd` 16 × 64 × 16 tile
-    /// products for batches.
+    /// `std`): AVX2 lookups for 1–2 tokens, `tdpbssd` 16 × 64 × 16 tile
+    /// products for batches of 3 and more.
+    ///
+    /// Checking whether it is available (which [`best`] and [`available`]
+    /// do) asks Linux once for the process-wide permission to use the AMX
+    /// tile registers (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); where that is
+    /// refused the kernel is simply unavailable.
     Amx,
     /// aarch64 NEON: `tbl` table lookups, 16 rows at once.
     Neon,
