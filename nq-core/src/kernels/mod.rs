@@ -39,7 +39,7 @@
 //!   (`aarch64/i8mm.rs`).
 //! * **Tile products (batch ≥ 3 on Intel CPUs with AMX-INT8).** Sign bits
 //!   are expanded to ±1 bytes, 16 rows × 64 columns at a time, and one
-//!   `tdpbssd` multiplies them by 16 tokens' activations (read in place):
+//!   `tdpbssd` multiplies them by 16 tokens' activations (packed into tiles):
 //!   16,384 multiply-adds per instruction, so the expansion, shared by up
 //!   to 48 tokens, is what costs (`x86_64/amx.rs`).
 //!
@@ -330,7 +330,7 @@ pub(crate) fn int_product(
 }
 
 /// The AMX kernel's tile products (lengths checked by [`int_product`]);
-/// `tables` is work space for zero-padded activations.
+/// `tables` is work space for the activations packed into A tiles.
 fn amx_product(
     signs: &SignOperand<'_>,
     q: &[i8],
@@ -341,7 +341,7 @@ fn amx_product(
     #[cfg(target_arch = "x86_64")]
     {
         // The scratch holds `4 · cols_p` i16 of tables per token, more than
-        // the `cols_p + 32` bytes a padded token takes.
+        // the `cols_p + 32` bytes a token takes in A tiles.
         let work: &mut [i8] = bytemuck::cast_slice_mut(tables);
         // SAFETY: `int_product` asserted availability and the lengths of
         // `q` and `acc`; `amx::int_product` checks `work`'s.
@@ -465,7 +465,7 @@ fn dot_product(
 /// tables (else through dot products on `q`).
 ///
 /// AMX takes batches from 3 tokens on: its fixed cost per tile (expanding
-/// the signs to int8) is about that of 2.4 tokens' lookups (4096×4096 at
+/// the signs to int8) is about that of 2.2 tokens' lookups (4096×4096 at
 /// 1.0 bpw: 282 µs for 2 tokens against 254 µs through the lookups).
 pub(crate) fn uses_tables(kernel: Kernel, batch: usize) -> bool {
     match kernel {
